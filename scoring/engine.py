@@ -1,0 +1,217 @@
+"""A loaded model: request features -> kernels -> pCTRs.
+
+:class:`Engine` takes a validated :class:`~scoring.package.ModelPackage`, lays its weights out for
+the kernels once (layer 1 split into context and ad rows, every layer also transposed for the tiled
+form), compiles and warms the kernels, and then scores requests without allocating inside the
+kernels. Scratch buffers come from a small pool, one set per concurrent caller, so an engine can be
+shared by threads.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from numba import types
+from numba.typed import List
+
+from . import kernels
+from .features import EncodedBatch, FeatureLayout
+from .package import ModelPackage
+
+SMALL_BATCH = 2      # up to this many ads per chunk: axpy form with ReLU pruning; above: 6x4 tiles
+CHUNK = 96           # ads per pass through the layers: activations stay in L2; a multiple of 6
+_ACT_CODES = {"relu": kernels.ACT_RELU, "sigmoid": kernels.ACT_SIGMOID}
+_RO_TABLE = types.Array(types.float32, 2, "C", readonly=True)
+_RW_MATRIX = types.Array(types.float32, 2, "C")
+_RW_VECTOR = types.Array(types.float32, 1, "C")
+_PAGE = 4096
+
+
+def _typed_list(arrays: Sequence[np.ndarray], item_type: types.Type) -> List:
+    out = List.empty_list(item_type)
+    for a in arrays:
+        out.append(a)
+    return out
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+@dataclass
+class _Scratch:
+    """Buffers for one concurrent forward pass; allocated once, reused."""
+
+    x_ctx: np.ndarray
+    ctx_counts: np.ndarray
+    c: np.ndarray
+    buf_a: np.ndarray
+    buf_b: np.ndarray
+    counts: np.ndarray
+
+
+class _SidePlan:
+    """Kernel arguments for one side's groups (context or ad)."""
+
+    def __init__(self, groups, tables) -> None:
+        self.tables = _typed_list([_readonly(t) for t in tables], _RO_TABLE)
+        self.buckets = np.array([g.buckets for g in groups], dtype=np.uint64)
+        self.mean = np.array([g.pooling == "mean" for g in groups], dtype=np.bool_)
+        self.dims = np.array([g.dim for g in groups], dtype=np.int64)
+        self.cols = np.concatenate([[0], np.cumsum(self.dims)[:-1]]).astype(np.int64) \
+            if len(groups) else np.zeros(0, dtype=np.int64)
+        self.width = int(self.dims.sum())
+
+
+class Engine:
+    """A model ready to score: weights laid out, kernels compiled and warm."""
+
+    def __init__(self, package: ModelPackage, *, chunk: int = CHUNK,
+                 small_batch: int = SMALL_BATCH, warm: bool = True) -> None:
+        m = package.manifest
+        self.package = package
+        self.manifest = m
+        self.name = m.name
+        self.version = m.version
+        self.md5 = package.md5
+        self.layout = FeatureLayout(m.groups, m.dense_dim)
+        self.chunk = int(chunk)
+        self.small_batch = int(small_batch)
+
+        by_name = dict(zip((g.name for g in m.groups), package.tables))
+        self._ctx = _SidePlan(self.layout.ctx_groups, [by_name[g.name] for g in self.layout.ctx_groups])
+        self._ad = _SidePlan(self.layout.ad_groups, [by_name[g.name] for g in self.layout.ad_groups])
+        self.dense_col = self._ad.width
+
+        # layer 1 split into context rows and ad rows (+ dense rows), in the kernels' column order
+        self.ctx_input_columns = self._column_map(self.layout.ctx_groups, dense=False)
+        self.ad_input_columns = self._column_map(self.layout.ad_groups, dense=True)
+        w0 = np.asarray(package.weights[0], dtype=np.float32)
+        self.w_ctx = np.ascontiguousarray(w0[self.ctx_input_columns])
+        self.w_ad = np.ascontiguousarray(w0[self.ad_input_columns])
+        self.wt_ad = np.ascontiguousarray(self.w_ad.T)
+        self.b0 = np.array(package.biases[0], dtype=np.float32)
+        rest_w = [np.array(w, dtype=np.float32, order="C") for w in package.weights[1:]]
+        self.ws = _typed_list(rest_w, _RW_MATRIX)
+        self.wts = _typed_list([np.ascontiguousarray(w.T) for w in rest_w], _RW_MATRIX)
+        self.bs = _typed_list([np.array(b, dtype=np.float32) for b in package.biases[1:]],
+                              _RW_VECTOR)
+        self.acts = np.array([_ACT_CODES[layer.activation] for layer in m.layers], dtype=np.int64)
+        self.out0 = self.w_ad.shape[1]
+        self.width = max([self.w_ad.shape[0], self.out0] + [w.shape[1] for w in rest_w])
+        self._pool: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
+        self.warm_seconds = 0.0
+        if warm:
+            self.warm_up()
+
+    # -- scratch ----------------------------------------------------------------------------
+
+    def _new_scratch(self) -> _Scratch:
+        n_ad_slots = max(1, len(self.layout.ad_groups))
+        return _Scratch(
+            x_ctx=np.zeros((1, max(1, self._ctx.width)), dtype=np.float32),
+            ctx_counts=np.zeros(max(1, len(self.layout.ctx_groups)), dtype=np.float32),
+            c=np.zeros((1, self.out0), dtype=np.float32),
+            buf_a=np.zeros((self.chunk, self.width), dtype=np.float32),
+            buf_b=np.zeros((self.chunk, self.width), dtype=np.float32),
+            counts=np.zeros(self.chunk * n_ad_slots, dtype=np.float32),
+        )
+
+    def _take(self) -> _Scratch:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            return self._new_scratch()
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def score(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> np.ndarray:
+        """pCTR (float32) of every ad; raises ``InvalidRequest`` naming a bad field."""
+        return self.score_encoded(self.layout.encode(context, ads))
+
+    def score_encoded(self, batch: EncodedBatch) -> np.ndarray:
+        out = np.empty(batch.n_ads, dtype=np.float32)
+        if batch.n_ads == 0:
+            return out
+        s = self._take()
+        try:
+            ctx = self._ctx
+            kernels.context_bias(ctx.tables, ctx.buckets, ctx.mean, ctx.cols, ctx.dims,
+                                 batch.ctx_ids, batch.ctx_keys, batch.ctx_lens, self.w_ctx, self.b0,
+                                 s.x_ctx, s.ctx_counts, s.c)
+            ad = self._ad
+            kernels.forward(ad.tables, ad.buckets, ad.mean, ad.cols, ad.dims,
+                            batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense, self.dense_col, s.c,
+                            self.w_ad, self.wt_ad, self.ws, self.wts, self.bs, self.acts,
+                            batch.n_ads, s.buf_a, s.buf_b, s.counts, self.small_batch, out)
+        finally:
+            self._pool.put(s)
+        return out
+
+    def mlp(self, x_ctx: np.ndarray, x_ad: np.ndarray) -> np.ndarray:
+        """The MLP alone on pooled inputs (context vector once, ad rows in kernel column order);
+        for benchmarks and tests."""
+        x_ctx = np.ascontiguousarray(x_ctx, dtype=np.float32).reshape(1, -1)
+        x_ad = np.ascontiguousarray(x_ad, dtype=np.float32)
+        n = x_ad.shape[0]
+        out = np.empty(n, dtype=np.float32)
+        s = self._take()
+        try:
+            kernels.mlp(x_ctx, self.w_ctx, self.b0, s.c, x_ad, n, self.w_ad, self.wt_ad,
+                        self.ws, self.wts, self.bs, self.acts, s.buf_a, s.buf_b,
+                        self.small_batch, out)
+        finally:
+            self._pool.put(s)
+        return out
+
+    # -- warm-up ----------------------------------------------------------------------------
+
+    def touch_pages(self) -> None:
+        """Read one value per page of every table so the first requests do not fault them in."""
+        for table in list(self._ctx.tables) + list(self._ad.tables):
+            flat = table.reshape(-1)
+            step = max(1, _PAGE // flat.itemsize)
+            float(flat[::step].sum())
+
+    def warm_up(self) -> None:
+        """Compile (or load from cache) every kernel path and touch the tables' pages."""
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        for n in sorted({1, self.small_batch + 1, self.chunk + 7}):
+            ctx = {g.name: int(rng.integers(0, 2**63)) for g in self.layout.ctx_groups}
+            ads = [{"features": {g.name: [int(rng.integers(0, 2**63)), int(rng.integers(0, 2**63))]
+                                 for g in self.layout.ad_groups},
+                    "dense": [0.5] * self.manifest.dense_dim} for _ in range(n)]
+            self.score(ctx, ads)
+        self.mlp(np.zeros(self._ctx.width, np.float32), np.zeros((1, self.w_ad.shape[0]), np.float32))
+        self.touch_pages()
+        self.warm_seconds = time.perf_counter() - t0
+
+    # -- facts ------------------------------------------------------------------------------
+
+    @property
+    def ctx_width(self) -> int:
+        return self._ctx.width
+
+    @property
+    def ad_width(self) -> int:
+        return self.w_ad.shape[0]
+
+    def _column_map(self, groups, dense: bool) -> np.ndarray:
+        """For each kernel input column of one side, its column in the manifest's MLP input."""
+        offsets, start = {}, 0
+        for g in self.manifest.groups:
+            offsets[g.name] = start
+            start += g.dim
+        cols = [np.arange(offsets[g.name], offsets[g.name] + g.dim) for g in groups]
+        if dense:
+            cols.append(np.arange(start, start + self.manifest.dense_dim))
+        return np.concatenate(cols).astype(np.int64) if cols else np.zeros(0, np.int64)

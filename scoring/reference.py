@@ -1,0 +1,74 @@
+"""A plain NumPy implementation of the whole contract (hashing, pooling, MLP) in float64.
+
+Slow and obvious on purpose: tests and benchmarks check the engine (and the TF Serving leg)
+against it. It shares no code with the engine's hot path beyond the package loader.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import xxhash
+
+from .package import ModelPackage
+
+
+def value_ids(value: Any) -> list[int]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    ids = []
+    for v in values:
+        if isinstance(v, str):
+            ids.append(xxhash.xxh64_intdigest(v.encode("utf-8"), seed=0))
+        else:
+            assert isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64, v
+            ids.append(v)
+    return ids
+
+
+def group_vector(table: np.ndarray, buckets: int, pooling: str, value: Any) -> np.ndarray:
+    if value is None:
+        return np.zeros(table.shape[1])
+    ids = value_ids(value)
+    if not ids:
+        return np.zeros(table.shape[1])
+    rows = np.array([table[i % buckets] for i in ids], dtype=np.float64)
+    return rows.sum(axis=0) if pooling == "sum" else rows.mean(axis=0)
+
+
+def mlp_input(package: ModelPackage, context: Mapping[str, Any] | None,
+              ad: Mapping[str, Any]) -> np.ndarray:
+    """The MLP input row of one ad: group vectors in manifest order, then dense features."""
+    m = package.manifest
+    context = context or {}
+    features = ad.get("features") or {}
+    parts = []
+    for g, table in zip(m.groups, package.tables):
+        source = context if g.side == "context" else features
+        parts.append(group_vector(table, g.buckets, g.pooling, source.get(g.name)))
+    dense = ad.get("dense") or []
+    parts.append(np.asarray(dense, dtype=np.float64).reshape(m.dense_dim))
+    return np.concatenate(parts)
+
+
+def mlp_forward(package: ModelPackage, x: np.ndarray) -> np.ndarray:
+    """pCTRs for MLP input rows ``x`` [n, input_dim]."""
+    h = np.asarray(x, dtype=np.float64)
+    for layer, w, b in zip(package.manifest.layers, package.weights, package.biases):
+        h = h @ np.asarray(w, dtype=np.float64) + np.asarray(b, dtype=np.float64)
+        if layer.activation == "relu":
+            h = np.maximum(h, 0.0)
+        elif layer.activation == "sigmoid":
+            h = 1.0 / (1.0 + np.exp(-h))
+        else:  # pragma: no cover - the loader rejects anything else
+            raise ValueError(layer.activation)
+    return h[:, 0]
+
+
+def reference_scores(package: ModelPackage, context: Mapping[str, Any] | None,
+                     ads: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """pCTR of every ad, float64."""
+    if not ads:
+        return np.zeros(0)
+    x = np.stack([mlp_input(package, context, ad) for ad in ads])
+    return mlp_forward(package, x)
