@@ -157,6 +157,27 @@ class ModelRepo:
             self._write_state(name, state)
         return state
 
+    def promote(self, name: str, version: str, decided_at: float) -> str | None:
+        """Record ``version`` as live, as decided at ``decided_at`` (when the caller read
+        :meth:`wanted`, before it spent seconds loading), and return the version live afterwards.
+
+        Several processes following one repository call this; the first to finish writes, the
+        others find it already live and change nothing. A decision older than the recorded one
+        (e.g. a rollback made while the caller was loading) loses: the recorded version is
+        returned and the caller should not serve ``version``. Because ``live_since`` is the
+        decision time, a version installed while the caller was loading stays fresh."""
+        with self.locked(name):
+            state = self.state(name)
+            if state.live == version or (state.live and decided_at < state.live_since):
+                return state.live
+            if state.live:
+                state.history = [v for v in state.history if v != state.live] + [state.live]
+                state.history = state.history[-HISTORY_MAX:]
+            state.live = version
+            state.live_since = decided_at
+            self._write_state(name, state)
+        return version
+
     def previous(self, name: str) -> str | None:
         """The most recent earlier live version that is still in the repo (rollback target)."""
         state = self.state(name)

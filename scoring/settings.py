@@ -1,0 +1,71 @@
+"""Service settings: ``CTR_*`` environment variables, with matching ``ctr-serve`` flags.
+
+Nothing is read at import time: :class:`Settings` reads the environment when it is built (in the
+command-line entry point, or in tests after ``monkeypatch.setenv``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything ``ctr-serve`` can be told; each field is also ``CTR_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CTR_", use_attribute_docstrings=True,
+                                      extra="ignore", protected_namespaces=())
+
+    model_repo: Path = Path("./model_repo")
+    """The local model repository: ``<repo>/<name>/<version>/`` holds one package each."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on; ``0.0.0.0`` to accept connections from other hosts."""
+
+    port: int = Field(8080, ge=0, le=65535)
+    """TCP port to listen on."""
+
+    workers: int = Field(1, ge=1, le=256)
+    """Worker processes; one per core. They share the memory-mapped tables via the page cache."""
+
+    models: list[str] | None = None
+    """Models to serve (JSON list in the environment); default: every model in the repository."""
+
+    default_model: str | None = None
+    """The model ``POST /v1/score`` uses; default: the only model served (or ``demo``)."""
+
+    admin_token: SecretStr | None = None
+    """Bearer token for the admin endpoints (reload, rollback); unset disables them (403)."""
+
+    max_ads: int = Field(2000, ge=1)
+    """Most ads one score request may carry; more answers 413."""
+
+    max_body_bytes: int = Field(8 << 20, ge=1024)
+    """Largest score request body in bytes; more answers 413."""
+
+    max_values_per_group: int = Field(256, ge=1)
+    """Most values one feature group may list in one context or ad; more answers 413."""
+
+    poll_interval: float = Field(2.0, gt=0)
+    """Seconds between looks at the repository for new versions (``POST .../reload`` looks now)."""
+
+    keep_versions: int = Field(3, ge=1)
+    """Versions of each model kept on disk (the live one plus backups for rollback)."""
+
+    demo_on_empty: bool = True
+    """Write the built-in demo model into an empty repository before serving."""
+
+    log_format: Literal["plain", "json"] = "plain"
+    """Log lines as plain text or as JSON objects (one per line)."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severe log level written."""
+
+    access_log: bool = False
+    """Log every HTTP request (off by default: the score path is hot)."""
+
+    metrics_dir: Path | None = None
+    """Directory for Prometheus multi-process files; set by ``ctr-serve`` when workers > 1."""
