@@ -56,6 +56,8 @@ class _Scratch:
     buf_a: np.ndarray
     buf_b: np.ndarray
     counts: np.ndarray
+    idx: np.ndarray    # non-zero input positions for the axpy form
+    vals: np.ndarray
 
 
 class _SidePlan:
@@ -123,6 +125,8 @@ class Engine:
             buf_a=np.zeros((self.chunk, self.width), dtype=np.float32),
             buf_b=np.zeros((self.chunk, self.width), dtype=np.float32),
             counts=np.zeros(self.chunk * n_ad_slots, dtype=np.float32),
+            idx=np.zeros(max(self.width, self.w_ctx.shape[0]), dtype=np.int64),
+            vals=np.zeros(max(self.width, self.w_ctx.shape[0]), dtype=np.float32),
         )
 
     def _take(self) -> _Scratch:
@@ -146,12 +150,13 @@ class Engine:
             ctx = self._ctx
             kernels.context_bias(ctx.tables, ctx.buckets, ctx.mean, ctx.cols, ctx.dims,
                                  batch.ctx_ids, batch.ctx_keys, batch.ctx_lens, self.w_ctx, self.b0,
-                                 s.x_ctx, s.ctx_counts, s.c)
+                                 s.x_ctx, s.ctx_counts, s.c, s.idx, s.vals)
             ad = self._ad
             kernels.forward(ad.tables, ad.buckets, ad.mean, ad.cols, ad.dims,
                             batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense, self.dense_col, s.c,
                             self.w_ad, self.wt_ad, self.ws, self.wts, self.bs, self.acts,
-                            batch.n_ads, s.buf_a, s.buf_b, s.counts, self.small_batch, out)
+                            batch.n_ads, s.buf_a, s.buf_b, s.counts, self.small_batch,
+                            s.idx, s.vals, out)
         finally:
             self._pool.put(s)
         return out
@@ -167,7 +172,7 @@ class Engine:
         try:
             kernels.mlp(x_ctx, self.w_ctx, self.b0, s.c, x_ad, n, self.w_ad, self.wt_ad,
                         self.ws, self.wts, self.bs, self.acts, s.buf_a, s.buf_b,
-                        self.small_batch, out)
+                        self.small_batch, s.idx, s.vals, out)
         finally:
             self._pool.put(s)
         return out

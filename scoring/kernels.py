@@ -92,24 +92,50 @@ def _act(v, act):
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def dense_axpy(x, n, k_in, w, bias, y, act):
-    """``y[:n, :out] = act(x[:n, :k_in] @ w + bias)`` with ``w`` as [in, out]; skips zero inputs."""
+def dense_axpy(x, n, k_in, w, bias, y, act, idx, vals):
+    """``y[:n, :out] = act(x[:n, :k_in] @ w + bias)`` with ``w`` as [in, out].
+
+    Per ad, the non-zero inputs are first gathered into ``idx``/``vals`` (ReLU pruning: a zero
+    input never touches its weight row), then four weight rows at a time are added into the
+    output row, so each load and store of ``y`` serves four multiply-adds."""
     n_out = w.shape[1]
     for a in range(n):
-        for j in range(n_out):
-            y[a, j] = bias[j]
+        m = 0
         for k in range(k_in):
             v = x[a, k]
             if v != 0.0:
-                for j in range(n_out):
-                    y[a, j] += v * w[k, j]
+                idx[m] = k
+                vals[m] = v
+                m += 1
+        for j in range(n_out):
+            y[a, j] = bias[j]
+        q = 0
+        while q + 4 <= m:
+            k0 = idx[q]
+            k1 = idx[q + 1]
+            k2 = idx[q + 2]
+            k3 = idx[q + 3]
+            v0 = vals[q]
+            v1 = vals[q + 1]
+            v2 = vals[q + 2]
+            v3 = vals[q + 3]
+            for j in range(n_out):
+                y[a, j] += v0 * w[k0, j] + v1 * w[k1, j] + v2 * w[k2, j] + v3 * w[k3, j]
+            q += 4
+        while q < m:
+            k0 = idx[q]
+            v0 = vals[q]
+            for j in range(n_out):
+                y[a, j] += v0 * w[k0, j]
+            q += 1
         for j in range(n_out):
             y[a, j] = _act(y[a, j], act)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def dense_tiled(x, n, k_in, wt, bias, y, act):
-    """``y[:n, :out] = act(x[:n, :k_in] @ wt.T + bias)`` with ``wt`` as [out, in]; 6x4 register tile."""
+    """``y[:n, :out] = act(x[:n, :k_in] @ wt.T + bias)`` with ``wt`` as [out, in]: tiles of 6 ads x 4
+    neurons, then the 0-5 ads left over in tiles of 4, 2 and 1 ads."""
     n_out = wt.shape[0]
     a = 0
     while a + TILE_ADS <= n:
@@ -204,60 +230,183 @@ def dense_tiled(x, n, k_in, wt, bias, y, act):
             y[a + 5, j] = _act(s5 + b0, act)
             j += 1
         a += TILE_ADS
-    while a < n:  # ads left over: 1 ad x 4 neurons
-        j = 0
-        while j + TILE_OUT <= n_out:
-            s0 = s1 = s2 = s3 = np.float32(0.0)
-            for k in range(k_in):
-                xv = x[a, k]
-                s0 += xv * wt[j, k]
-                s1 += xv * wt[j + 1, k]
-                s2 += xv * wt[j + 2, k]
-                s3 += xv * wt[j + 3, k]
-            y[a, j] = _act(s0 + bias[j], act)
-            y[a, j + 1] = _act(s1 + bias[j + 1], act)
-            y[a, j + 2] = _act(s2 + bias[j + 2], act)
-            y[a, j + 3] = _act(s3 + bias[j + 3], act)
-            j += TILE_OUT
-        while j < n_out:
-            s0 = np.float32(0.0)
-            for k in range(k_in):
-                s0 += x[a, k] * wt[j, k]
-            y[a, j] = _act(s0 + bias[j], act)
-            j += 1
-        a += 1
+    if a + 4 <= n:
+        _rows4(x, a, k_in, wt, bias, y, act)
+        a += 4
+    if a + 2 <= n:
+        _rows2(x, a, k_in, wt, bias, y, act)
+        a += 2
+    if a < n:
+        _rows1(x, a, k_in, wt, bias, y, act)
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _rows4(x, a, k_in, wt, bias, y, act):
+    """Ads a..a+3 (left over after the 6-ad tiles) x every neuron, 4 neurons at a time."""
+    n_out = wt.shape[0]
+    j = 0
+    while j + TILE_OUT <= n_out:
+        s00 = s01 = s02 = s03 = np.float32(0.0)
+        s10 = s11 = s12 = s13 = np.float32(0.0)
+        s20 = s21 = s22 = s23 = np.float32(0.0)
+        s30 = s31 = s32 = s33 = np.float32(0.0)
+        for k in range(k_in):
+            w0 = wt[j, k]
+            w1 = wt[j + 1, k]
+            w2 = wt[j + 2, k]
+            w3 = wt[j + 3, k]
+            x0 = x[a, k]
+            x1 = x[a + 1, k]
+            x2 = x[a + 2, k]
+            x3 = x[a + 3, k]
+            s00 += x0 * w0
+            s01 += x0 * w1
+            s02 += x0 * w2
+            s03 += x0 * w3
+            s10 += x1 * w0
+            s11 += x1 * w1
+            s12 += x1 * w2
+            s13 += x1 * w3
+            s20 += x2 * w0
+            s21 += x2 * w1
+            s22 += x2 * w2
+            s23 += x2 * w3
+            s30 += x3 * w0
+            s31 += x3 * w1
+            s32 += x3 * w2
+            s33 += x3 * w3
+        y[a, j] = _act(s00 + bias[j], act)
+        y[a, j + 1] = _act(s01 + bias[j + 1], act)
+        y[a, j + 2] = _act(s02 + bias[j + 2], act)
+        y[a, j + 3] = _act(s03 + bias[j + 3], act)
+        y[a + 1, j] = _act(s10 + bias[j], act)
+        y[a + 1, j + 1] = _act(s11 + bias[j + 1], act)
+        y[a + 1, j + 2] = _act(s12 + bias[j + 2], act)
+        y[a + 1, j + 3] = _act(s13 + bias[j + 3], act)
+        y[a + 2, j] = _act(s20 + bias[j], act)
+        y[a + 2, j + 1] = _act(s21 + bias[j + 1], act)
+        y[a + 2, j + 2] = _act(s22 + bias[j + 2], act)
+        y[a + 2, j + 3] = _act(s23 + bias[j + 3], act)
+        y[a + 3, j] = _act(s30 + bias[j], act)
+        y[a + 3, j + 1] = _act(s31 + bias[j + 1], act)
+        y[a + 3, j + 2] = _act(s32 + bias[j + 2], act)
+        y[a + 3, j + 3] = _act(s33 + bias[j + 3], act)
+        j += TILE_OUT
+    while j < n_out:
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for k in range(k_in):
+            w0 = wt[j, k]
+            s0 += x[a, k] * w0
+            s1 += x[a + 1, k] * w0
+            s2 += x[a + 2, k] * w0
+            s3 += x[a + 3, k] * w0
+        y[a, j] = _act(s0 + bias[j], act)
+        y[a + 1, j] = _act(s1 + bias[j], act)
+        y[a + 2, j] = _act(s2 + bias[j], act)
+        y[a + 3, j] = _act(s3 + bias[j], act)
+        j += 1
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _rows2(x, a, k_in, wt, bias, y, act):
+    """Ads a, a+1 x every neuron, 4 neurons at a time."""
+    n_out = wt.shape[0]
+    j = 0
+    while j + TILE_OUT <= n_out:
+        s00 = s01 = s02 = s03 = np.float32(0.0)
+        s10 = s11 = s12 = s13 = np.float32(0.0)
+        for k in range(k_in):
+            w0 = wt[j, k]
+            w1 = wt[j + 1, k]
+            w2 = wt[j + 2, k]
+            w3 = wt[j + 3, k]
+            x0 = x[a, k]
+            x1 = x[a + 1, k]
+            s00 += x0 * w0
+            s01 += x0 * w1
+            s02 += x0 * w2
+            s03 += x0 * w3
+            s10 += x1 * w0
+            s11 += x1 * w1
+            s12 += x1 * w2
+            s13 += x1 * w3
+        y[a, j] = _act(s00 + bias[j], act)
+        y[a, j + 1] = _act(s01 + bias[j + 1], act)
+        y[a, j + 2] = _act(s02 + bias[j + 2], act)
+        y[a, j + 3] = _act(s03 + bias[j + 3], act)
+        y[a + 1, j] = _act(s10 + bias[j], act)
+        y[a + 1, j + 1] = _act(s11 + bias[j + 1], act)
+        y[a + 1, j + 2] = _act(s12 + bias[j + 2], act)
+        y[a + 1, j + 3] = _act(s13 + bias[j + 3], act)
+        j += TILE_OUT
+    while j < n_out:
+        s0 = s1 = np.float32(0.0)
+        for k in range(k_in):
+            w0 = wt[j, k]
+            s0 += x[a, k] * w0
+            s1 += x[a + 1, k] * w0
+        y[a, j] = _act(s0 + bias[j], act)
+        y[a + 1, j] = _act(s1 + bias[j], act)
+        j += 1
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _rows1(x, a, k_in, wt, bias, y, act):
+    """Ad a x every neuron, 4 neurons at a time."""
+    n_out = wt.shape[0]
+    j = 0
+    while j + TILE_OUT <= n_out:
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for k in range(k_in):
+            xv = x[a, k]
+            s0 += xv * wt[j, k]
+            s1 += xv * wt[j + 1, k]
+            s2 += xv * wt[j + 2, k]
+            s3 += xv * wt[j + 3, k]
+        y[a, j] = _act(s0 + bias[j], act)
+        y[a, j + 1] = _act(s1 + bias[j + 1], act)
+        y[a, j + 2] = _act(s2 + bias[j + 2], act)
+        y[a, j + 3] = _act(s3 + bias[j + 3], act)
+        j += TILE_OUT
+    while j < n_out:
+        s0 = np.float32(0.0)
+        for k in range(k_in):
+            s0 += x[a, k] * wt[j, k]
+        y[a, j] = _act(s0 + bias[j], act)
+        j += 1
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def dense_layer(x, n, k_in, w, wt, bias, y, act, small_batch):
+def dense_layer(x, n, k_in, w, wt, bias, y, act, small_batch, idx, vals):
     """One layer, in the form that suits the batch size."""
     if n <= small_batch:
-        dense_axpy(x, n, k_in, w, bias, y, act)
+        dense_axpy(x, n, k_in, w, bias, y, act, idx, vals)
     else:
         dense_tiled(x, n, k_in, wt, bias, y, act)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def context_bias(ctx_tables, ctx_buckets, ctx_mean, ctx_cols, ctx_dims, ctx_ids, ctx_keys,
-                 ctx_lens, w_ctx, b0, x_ctx, counts, c):
+                 ctx_lens, w_ctx, b0, x_ctx, counts, c, idx, vals):
     """``c = b0 + pooled_context @ W_ctx``: layer 1's context part, once per request."""
     n_slots = ctx_buckets.shape[0]
     pool_embeddings(ctx_tables, ctx_buckets, ctx_mean, ctx_cols, ctx_dims, ctx_ids, ctx_keys,
                     ctx_lens, n_slots, 0, 1, 0, 0, x_ctx, counts)
     k_in = w_ctx.shape[0]
-    dense_axpy(x_ctx, 1, k_in, w_ctx, b0, c, ACT_NONE)
+    dense_axpy(x_ctx, 1, k_in, w_ctx, b0, c, ACT_NONE, idx, vals)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def mlp_rows(x, n, c, w_ad, wt_ad, ws, wts, bs, acts, buf_a, buf_b, small_batch):
+def mlp_rows(x, n, c, w_ad, wt_ad, ws, wts, bs, acts, buf_a, buf_b, small_batch, idx, vals):
     """Layers for ``n`` rows of ad inputs ``x``: layer 1 with the context bias ``c``, then every
     further layer ping-ponging between the two buffers. Returns the buffer holding the output."""
-    dense_layer(x, n, w_ad.shape[0], w_ad, wt_ad, c, buf_b, acts[0], small_batch)
+    dense_layer(x, n, w_ad.shape[0], w_ad, wt_ad, c, buf_b, acts[0], small_batch, idx, vals)
     src = buf_b
     dst = buf_a
     for li in range(len(ws)):
         w = ws[li]
-        dense_layer(src, n, w.shape[0], w, wts[li], bs[li], dst, acts[li + 1], small_batch)
+        dense_layer(src, n, w.shape[0], w, wts[li], bs[li], dst, acts[li + 1], small_batch, idx,
+                    vals)
         src, dst = dst, src
     return src
 
@@ -265,7 +414,7 @@ def mlp_rows(x, n, c, w_ad, wt_ad, ws, wts, bs, acts, buf_a, buf_b, small_batch)
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, ad_lens, dense,
             dense_col, c, w_ad, wt_ad, ws, wts, bs, acts, n_ads, buf_a, buf_b, counts,
-            small_batch, out):
+            small_batch, idx, vals, out):
     """Score ``n_ads`` ads in chunks of ``buf_a.shape[0]`` rows: pool the ad groups and copy the
     dense features into ``buf_a``, run the layers, and write ad i's pCTR to ``out[i]``."""
     chunk = buf_a.shape[0]
@@ -280,20 +429,21 @@ def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, a
         for r in range(n):
             for d in range(dense_dim):
                 buf_a[r, dense_col + d] = dense[row0 + r, d]
-        res = mlp_rows(buf_a, n, c[0], w_ad, wt_ad, ws, wts, bs, acts, buf_a, buf_b, small_batch)
+        res = mlp_rows(buf_a, n, c[0], w_ad, wt_ad, ws, wts, bs, acts, buf_a, buf_b, small_batch,
+                       idx, vals)
         for r in range(n):
             out[row0 + r] = res[r, 0]
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def mlp(x_ctx, w_ctx, b0, c, x_ad, n_ads, w_ad, wt_ad, ws, wts, bs, acts, buf_a, buf_b,
-        small_batch, out):
+        small_batch, idx, vals, out):
     """The MLP alone on pooled inputs: context part once, then the ad rows chunk by chunk."""
-    dense_axpy(x_ctx, 1, w_ctx.shape[0], w_ctx, b0, c, ACT_NONE)
+    dense_axpy(x_ctx, 1, w_ctx.shape[0], w_ctx, b0, c, ACT_NONE, idx, vals)
     chunk = buf_a.shape[0]
     for row0 in range(0, n_ads, chunk):
         n = min(chunk, n_ads - row0)
         res = mlp_rows(x_ad[row0:row0 + n], n, c[0], w_ad, wt_ad, ws, wts, bs, acts, buf_a, buf_b,
-                       small_batch)
+                       small_batch, idx, vals)
         for r in range(n):
             out[row0 + r] = res[r, 0]
