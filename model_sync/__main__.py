@@ -1,0 +1,7 @@
+"""``python -m model_sync``: the same as ``ctr-sync``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
