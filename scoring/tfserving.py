@@ -1,0 +1,451 @@
+"""The TF Serving leg: score a request through TensorFlow Serving's REST predict API.
+
+What goes over the wire follows TF Serving's REST docs: ``POST /v1/models/{m}[/versions/{v}|
+/labels/{l}]:predict`` with ``{"signature_name": ..., "instances": [...]}`` (row format; the
+``inputs`` columnar format is an option) and ``{"predictions": [...]}`` (or ``"outputs"``) back;
+errors come as ``{"error": "..."}`` with an HTTP status.
+
+Each feature group becomes an int64 id matrix ``[n_ads, max_len]`` named after the group (padded
+with ``pad_id``) and an int64 ``{group}_len`` count of real ids per row; dense features a float
+``[n_ads, dense_dim]`` tensor named ``dense`` (see :class:`~scoring.models_config.InputMapping`).
+Ids are hashed per contract section 1 (by :class:`~scoring.features.FeatureLayout`, which also
+validates the request). TF's int64 is signed, so an id ``x >= 2**63`` is sent as its two's
+complement ``x - 2**64``; the model reads the same 64 bits (``tf.bitcast`` to uint64 gives ``x``
+back, and ``x % buckets`` needs that unsigned view).
+
+One request's ads are split into sub-batches that run **concurrently** (``max_concurrency`` at a
+time) over pooled keep-alive connections, within one deadline for the whole request. A failed
+sub-batch is retried once on another host when time allows; each host has a circuit breaker.
+The HTTP client is ``httpx.AsyncClient`` on a private event-loop thread: sub-requests overlap
+without a thread each, the connection pool and per-request timeouts are httpx's own, and both
+sync and async callers (any server, any worker model) can use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import httpx
+import numpy as np
+import orjson
+
+from .breaker import CircuitBreaker
+from .errors import UpstreamError, UpstreamTimeout
+from .features import EncodedBatch
+from .models_config import InputMapping, TFServingModel
+
+log = logging.getLogger(__name__)
+
+MIN_ATTEMPT_S = 0.002  # do not start (or retry) an attempt with less time than this left
+
+
+def to_int64(ids: np.ndarray) -> np.ndarray:
+    """uint64 ids as TF's int64: the same bits, so ids >= 2**63 become ``id - 2**64``."""
+    return np.ascontiguousarray(ids, dtype=np.uint64).view(np.int64)
+
+
+def from_int64(ids: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`to_int64`."""
+    return np.ascontiguousarray(ids, dtype=np.int64).view(np.uint64)
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+@dataclass
+class _IdTensor:
+    name: str
+    ids: np.ndarray          # int64 [n, max_len], padded
+    counts: np.ndarray       # int64 [n]
+    counts_name: str | None
+
+
+@dataclass
+class RequestTensors:
+    """One request as TF Serving input tensors, ready to be cut into sub-batches."""
+
+    n: int
+    id_tensors: list[_IdTensor]
+    dense_name: str | None
+    dense: np.ndarray | None
+
+    def slice(self, i: int, j: int) -> dict[str, np.ndarray]:
+        """Rows ``i:j``; id matrices trimmed to the longest row of the slice (at least 1)."""
+        out: dict[str, np.ndarray] = {}
+        for t in self.id_tensors:
+            counts = t.counts[i:j]
+            width = max(1, int(counts.max())) if j > i else 1
+            out[t.name] = t.ids[i:j, :width]
+            if t.counts_name:
+                out[t.counts_name] = counts
+        if self.dense_name is not None and self.dense is not None:
+            out[self.dense_name] = self.dense[i:j]
+        return out
+
+
+def _id_matrices(ids: np.ndarray, keys: np.ndarray, lens: np.ndarray, n_rows: int,
+                 n_slots: int, pad: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Run-length encoded ids (see scoring.features) -> per slot, an id matrix and row counts."""
+    n_slots_ = max(1, n_slots)
+    rows, slots = keys // n_slots_, keys % n_slots_
+    counts = np.zeros((n_slots_, max(1, n_rows)), dtype=np.int64)
+    counts[slots, rows] = lens
+    entry = np.repeat(np.arange(len(keys)), lens)
+    starts = np.cumsum(lens) - lens
+    pos = np.arange(len(ids)) - starts[entry]
+    id_slot, id_row = slots[entry], rows[entry]
+    out = []
+    pad_u = np.array(pad, dtype=np.int64).view(np.uint64)
+    for s in range(n_slots):
+        width = max(1, int(counts[s, :n_rows].max())) if n_rows else 1
+        mat = np.full((n_rows, width), pad_u, dtype=np.uint64)
+        sel = id_slot == s
+        mat[id_row[sel], pos[sel]] = ids[sel]
+        out.append((to_int64(mat), counts[s, :n_rows].copy()))
+    return out
+
+
+def request_tensors(batch: EncodedBatch, ctx_groups: Sequence[str], ad_groups: Sequence[str],
+                    dense_dim: int, mapping: InputMapping) -> RequestTensors:
+    """Build the input tensors of a hashed request; context ids are repeated on every row."""
+    n = batch.n_ads
+    tensors: list[_IdTensor] = []
+    ctx = _id_matrices(batch.ctx_ids, batch.ctx_keys, batch.ctx_lens, 1, len(ctx_groups),
+                       mapping.pad_id)
+    for g, (mat, counts) in zip(ctx_groups, ctx):
+        tensors.append(_IdTensor(mapping.tensor(g), np.repeat(mat, n, axis=0),
+                                 np.repeat(counts, n), mapping.length_tensor(g)))
+    ad = _id_matrices(batch.ad_ids, batch.ad_keys, batch.ad_lens, n, len(ad_groups),
+                      mapping.pad_id)
+    for g, (mat, counts) in zip(ad_groups, ad):
+        tensors.append(_IdTensor(mapping.tensor(g), mat, counts, mapping.length_tensor(g)))
+    dense = batch.dense if dense_dim else None
+    return RequestTensors(n, tensors, mapping.dense if dense_dim else None, dense)
+
+
+def predict_body(tensors: Mapping[str, np.ndarray], fmt: str, signature_name: str | None) -> bytes:
+    """The JSON body of one ``:predict`` call, in row (``instances``) or columnar (``inputs``)
+    format."""
+    body: dict[str, Any] = {}
+    if signature_name:
+        body["signature_name"] = signature_name
+    if fmt == "columnar":
+        body["inputs"] = {k: v.tolist() for k, v in tensors.items()}
+    else:
+        names = list(tensors)
+        columns = [tensors[k].tolist() for k in names]
+        body["instances"] = [dict(zip(names, row)) for row in zip(*columns)]
+    return orjson.dumps(body)
+
+
+class BadResponse(ValueError):
+    """A 200 answer that is not what TF Serving's predict API returns for our request."""
+
+
+def parse_predictions(content: bytes, n: int, fmt: str, output: str | None) -> np.ndarray:
+    """The ``n`` pCTRs in a predict response; raises :class:`BadResponse` on anything else."""
+    try:
+        doc = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        try:  # TF Serving writes NaN/Infinity tokens, which only a lenient parser takes
+            doc = json.loads(content)
+        except ValueError:
+            raise BadResponse(f"malformed JSON ({exc})") from None
+    key = "outputs" if fmt == "columnar" else "predictions"
+    if not isinstance(doc, dict) or key not in doc:
+        raise BadResponse(f"no {key!r} key in the response")
+    values = doc[key]
+    if isinstance(values, dict):  # columnar, several named outputs
+        values = _named(values, output)
+    if not isinstance(values, list) or len(values) != n:
+        got = f"{len(values)} values" if isinstance(values, list) else type(values).__name__
+        raise BadResponse(f"expected {n} predictions (one per ad), got {got}")
+    out = np.empty(n, dtype=np.float64)
+    for i, v in enumerate(values):
+        if isinstance(v, dict):  # row format, several named outputs
+            v = _named(v, output)
+        if isinstance(v, list) and len(v) == 1:
+            v = v[0]
+        if type(v) not in (float, int) or not 0.0 <= v <= 1.0:  # also NaN
+            raise BadResponse(f"prediction {i} is {str(v)[:40]}, expected one probability in [0, 1] "
+                              "(output shape [n] or [n, 1])")
+        out[i] = v
+    return out
+
+
+def _named(values: Mapping[str, Any], output: str | None) -> Any:
+    if output is None:
+        raise BadResponse(f"the model has several outputs {sorted(values)[:8]}; set inputs.output "
+                          "to the one that holds the pCTR")
+    if output not in values:
+        raise BadResponse(f"output {output!r} is not in the response (outputs: {sorted(values)[:8]})")
+    return values[output]
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+class _Failure(Exception):
+    """One failed attempt. ``host_fault`` counts against the host's breaker; ``retriable``
+    allows one more attempt on another host; ``timeout`` makes the request's answer a 504."""
+
+    def __init__(self, message: str, *, host_fault: bool = True, retriable: bool = True,
+                 timeout: bool = False, reason: str = "error") -> None:
+        super().__init__(message)
+        self.message, self.host_fault, self.retriable = message, host_fault, retriable
+        self.timeout, self.reason = timeout, reason
+
+
+@dataclass
+class Upstream:
+    """One TF Serving host with its breaker and counters."""
+
+    url: str
+    breaker: CircuitBreaker
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+
+
+class LoopThread:
+    """An asyncio event loop on a daemon thread, for callers on any thread or loop."""
+
+    def __init__(self, name: str = "tfserving-io") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+        if not self.loop.is_running() and not self.loop.is_closed():
+            self.loop.close()
+
+
+Observer = Callable[[str, str, float, str], None]  # (model, upstream url, seconds, outcome)
+
+
+class TFServingClient:
+    """Sends hashed requests to the upstreams of one ``kind: tfserving`` model."""
+
+    def __init__(self, config: TFServingModel, runner: LoopThread | None = None,
+                 observer: Observer | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._own_runner = runner is None
+        self.runner = runner or LoopThread(f"tfserving-{config.name}")
+        self.observer = observer
+        self.upstreams = [Upstream(u, CircuitBreaker(config.breaker.failures,
+                                                     config.breaker.cooldown_ms / 1000.0, clock))
+                          for u in config.urls]
+        self._rr = 0
+        limits = httpx.Limits(max_connections=config.max_connections,
+                              max_keepalive_connections=config.max_connections, keepalive_expiry=60.0)
+        self._http = httpx.AsyncClient(limits=limits, trust_env=False,
+                                       headers={"Content-Type": "application/json"})
+        self._path = config.predict_path()
+
+    # -- sync / async entry points ----------------------------------------------------------
+
+    def predict(self, tensors: RequestTensors) -> np.ndarray:
+        """pCTRs for every row; raises UpstreamError (502) or UpstreamTimeout (504)."""
+        fut = self.runner.submit(self.predict_async(tensors))
+        try:
+            return fut.result(timeout=self.config.deadline_ms / 1000.0 + 1.0)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise UpstreamTimeout(self._msg(f"no answer within the {self.config.deadline_ms} ms "
+                                            "deadline")) from None
+
+    async def predict_on_caller_loop(self, tensors: RequestTensors) -> np.ndarray:
+        """Like :meth:`predict`, awaited from another event loop (e.g. an ASGI server's)."""
+        return await asyncio.wrap_future(self.runner.submit(self.predict_async(tensors)))
+
+    async def predict_async(self, tensors: RequestTensors) -> np.ndarray:
+        """Runs on the client's loop: sub-batches concurrently under one deadline."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.deadline_ms / 1000.0
+        n, size = tensors.n, cfg.sub_batch_size
+        if n == 0:
+            return np.zeros(0, dtype=np.float64)
+        spans = [(i, min(n, i + size)) for i in range(0, n, size)]
+        first = self._rr
+        self._rr = (self._rr + len(spans)) % max(1, len(self.upstreams))
+        sem = asyncio.Semaphore(cfg.max_concurrency)
+
+        async def one(k: int, i: int, j: int) -> np.ndarray:
+            async with sem:
+                body = predict_body(tensors.slice(i, j), cfg.format, cfg.signature_name)
+                return await self._sub_batch(body, j - i, deadline, first + k)
+
+        tasks = [asyncio.ensure_future(one(k, i, j)) for k, (i, j) in enumerate(spans)]
+        try:
+            parts = await asyncio.wait_for(asyncio.gather(*tasks), deadline - loop.time())
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(self._msg(f"no answer within the {cfg.deadline_ms} ms deadline "
+                                            f"({len(spans)} sub-requests)")) from None
+        except _Failure as f:
+            exc_type = UpstreamTimeout if f.timeout else UpstreamError
+            raise exc_type(self._msg(f.message)) from None
+        finally:
+            for t in tasks:
+                t.cancel()
+        return np.concatenate(parts)
+
+    # -- one sub-batch ----------------------------------------------------------------------
+
+    def _pick(self, start: int, avoid: set[int]) -> int | None:
+        """The next host (round-robin from ``start``) whose breaker lets a request through,
+        preferring hosts not tried yet for this sub-batch."""
+        k = len(self.upstreams)
+        order = [(start + d) % k for d in range(k)]
+        for idx in [i for i in order if i not in avoid] + [i for i in order if i in avoid]:
+            if self.upstreams[idx].breaker.allow():
+                return idx
+        return None
+
+    async def _sub_batch(self, body: bytes, n: int, deadline: float, start: int) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        tried: set[int] = set()
+        failure: _Failure | None = None
+        for _attempt in range(2):
+            remaining = deadline - loop.time()
+            if remaining < MIN_ATTEMPT_S:
+                break
+            idx = self._pick(start, tried)
+            if idx is None:
+                if failure is None:
+                    failure = _Failure(f"circuit open for all {len(self.upstreams)} upstream(s) "
+                                       f"after repeated failures; retrying after "
+                                       f"{self.config.breaker.cooldown_ms} ms",
+                                       host_fault=False, reason="circuit_open")
+                break
+            up = self.upstreams[idx]
+            tried.add(idx)
+            try:
+                out = await self._attempt(up, body, n, remaining)
+            except _Failure as f:
+                failure = f
+                if not f.retriable:
+                    break
+                continue
+            return out
+        if failure is None:
+            failure = _Failure(f"no time left for the request within {self.config.deadline_ms} ms",
+                               timeout=True, reason="timeout")
+        raise failure
+
+    async def _attempt(self, up: Upstream, body: bytes, n: int, timeout: float) -> np.ndarray:
+        t0 = time.perf_counter()
+        up.requests += 1
+        outcome = "ok"
+        try:
+            try:
+                resp = await self._http.post(up.url + self._path, content=body,
+                                             timeout=httpx.Timeout(timeout))
+            except httpx.TimeoutException:
+                raise _Failure(f"{up.url} did not answer within {timeout * 1000:.0f} ms",
+                               timeout=True, reason="timeout") from None
+            except httpx.HTTPError as exc:
+                raise _Failure(f"{up.url}: {type(exc).__name__}: {exc or 'connection failed'}",
+                               reason="connect") from None
+            if resp.status_code != 200:
+                raise _status_failure(up.url, resp)
+            try:
+                out = parse_predictions(resp.content, n, self.config.format, self.config.inputs.output)
+            except BadResponse as exc:
+                raise _Failure(f"{up.url} answered 200 with a bad predict response: {exc}",
+                               reason="bad_response") from None
+        except _Failure as f:
+            outcome = f.reason
+            up.errors[f.reason] = up.errors.get(f.reason, 0) + 1
+            up.last_error = f.message
+            if f.host_fault:
+                up.breaker.failure()
+            else:
+                up.breaker.release()
+            log.warning("tfserving model %r: %s", self.config.name, f.message)
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            up.breaker.release()
+            raise
+        finally:
+            if self.observer is not None:
+                self.observer(self.config.name, up.url, time.perf_counter() - t0, outcome)
+        up.breaker.success()
+        return out
+
+    # -- status -----------------------------------------------------------------------------
+
+    def model_status(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        """``GET /v1/models/{m}[/versions/{v}|/labels/{l}]`` on every upstream: what TF Serving
+        reports (``model_version_status``) or the error, with the breaker's state."""
+        return self.runner.submit(self._status_all(timeout)).result(timeout=timeout + 1.0)
+
+    async def _status_all(self, timeout: float) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self._status(up, timeout) for up in self.upstreams)))
+
+    async def _status(self, up: Upstream, timeout: float) -> dict[str, Any]:
+        info: dict[str, Any] = {"url": up.url, "breaker": up.breaker.state,
+                                "requests": up.requests, "errors": dict(up.errors),
+                                "last_error": up.last_error}
+        try:
+            resp = await self._http.get(up.url + self.config.model_path(),
+                                        timeout=httpx.Timeout(timeout))
+            doc = orjson.loads(resp.content)
+        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+            info.update(reachable=False, error=f"{type(exc).__name__}: {exc}")
+            return info
+        info["reachable"] = True
+        if resp.status_code != 200:
+            info["error"] = doc.get("error") if isinstance(doc, dict) else str(doc)[:200]
+        else:
+            info["model_version_status"] = doc.get("model_version_status", []) \
+                if isinstance(doc, dict) else []
+        return info
+
+    def _msg(self, what: str) -> str:
+        return f"TF Serving model {self.config.name!r} ({self.config.model_name}): {what}"
+
+    def close(self) -> None:
+        try:
+            self.runner.submit(self._http.aclose()).result(timeout=5)
+        except Exception:  # noqa: BLE001 - closing is best effort
+            log.debug("closing the TF Serving client of %r failed", self.config.name, exc_info=True)
+        if self._own_runner:
+            self.runner.close()
+
+
+def _status_failure(url: str, resp: httpx.Response) -> _Failure:
+    try:
+        doc = orjson.loads(resp.content)
+        detail = doc["error"] if isinstance(doc, dict) and "error" in doc else resp.text[:200]
+    except orjson.JSONDecodeError:
+        detail = resp.text[:200]
+    code = resp.status_code
+    msg = f"{url} answered {code}: {detail}"
+    if code == 400:  # INVALID_ARGUMENT: our request does not fit the signature
+        return _Failure(msg + " (check the model's inputs mapping against its signature)",
+                        host_fault=False, retriable=False, reason="http_400")
+    return _Failure(msg, timeout=code == 504, reason=f"http_{code}")
+
+
+def finite_mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) and math.isfinite(float(values.mean())) else 0.0
