@@ -1,8 +1,7 @@
 """A loaded model: request features -> kernels -> pCTRs.
 
 :class:`Engine` takes a validated :class:`~scoring.package.ModelPackage`, lays its weights out for
-the kernels once (layer 1 split into context and ad rows, every layer also transposed for the tiled
-form), compiles and warms the kernels, and then scores requests without allocating inside the
+the kernels once (layer 1 split into context and ad rows), compiles and warms the kernels, and then scores requests without allocating inside the
 kernels. Scratch buffers come from a small pool, one set per concurrent caller, so an engine can be
 shared by threads.
 """
@@ -22,7 +21,7 @@ from . import kernels
 from .features import EncodedBatch, FeatureLayout
 from .package import ModelPackage
 
-SMALL_BATCH = 2      # up to this many ads per chunk: axpy form with ReLU pruning; above: 6x4 tiles
+SMALL_BATCH = 1      # up to this many ads per chunk: axpy form with ReLU pruning; above: tiles
 CHUNK = 96           # ads per pass through the layers: activations stay in L2; a multiple of 6
 _ACT_CODES = {"relu": kernels.ACT_RELU, "sigmoid": kernels.ACT_SIGMOID}
 _RO_TABLE = types.Array(types.float32, 2, "C", readonly=True)
@@ -99,11 +98,9 @@ class Engine:
         w0 = np.asarray(package.weights[0], dtype=np.float32)
         self.w_ctx = np.ascontiguousarray(w0[self.ctx_input_columns])
         self.w_ad = np.ascontiguousarray(w0[self.ad_input_columns])
-        self.wt_ad = np.ascontiguousarray(self.w_ad.T)
         self.b0 = np.array(package.biases[0], dtype=np.float32)
         rest_w = [np.array(w, dtype=np.float32, order="C") for w in package.weights[1:]]
         self.ws = _typed_list(rest_w, _RW_MATRIX)
-        self.wts = _typed_list([np.ascontiguousarray(w.T) for w in rest_w], _RW_MATRIX)
         self.bs = _typed_list([np.array(b, dtype=np.float32) for b in package.biases[1:]],
                               _RW_VECTOR)
         self.acts = np.array([_ACT_CODES[layer.activation] for layer in m.layers], dtype=np.int64)
@@ -154,7 +151,7 @@ class Engine:
             ad = self._ad
             kernels.forward(ad.tables, ad.buckets, ad.mean, ad.cols, ad.dims,
                             batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense, self.dense_col, s.c,
-                            self.w_ad, self.wt_ad, self.ws, self.wts, self.bs, self.acts,
+                            self.w_ad, self.ws, self.bs, self.acts,
                             batch.n_ads, s.buf_a, s.buf_b, s.counts, self.small_batch,
                             s.idx, s.vals, out)
         finally:
@@ -170,8 +167,8 @@ class Engine:
         out = np.empty(n, dtype=np.float32)
         s = self._take()
         try:
-            kernels.mlp(x_ctx, self.w_ctx, self.b0, s.c, x_ad, n, self.w_ad, self.wt_ad,
-                        self.ws, self.wts, self.bs, self.acts, s.buf_a, s.buf_b,
+            kernels.mlp(x_ctx, self.w_ctx, self.b0, s.c, x_ad, n, self.w_ad,
+                        self.ws, self.bs, self.acts, s.buf_a, s.buf_b,
                         self.small_batch, s.idx, s.vals, out)
         finally:
             self._pool.put(s)

@@ -1,19 +1,17 @@
 """Compiled kernels of the forward pass: embedding gather + pooling, dense layers, the whole MLP.
 
-Pure ``@njit`` functions over contiguous arrays; nothing of ours is imported here and nothing is
-allocated: every buffer comes from the caller (``engine.Scratch``), sized once.
+Pure ``@njit`` functions over contiguous arrays; nothing is allocated here: every buffer comes
+from the caller (``engine._Scratch``), sized once. Weights are ``[in, out]`` row-major, one layout
+for both dense-layer forms, chosen by batch size (``engine.SMALL_BATCH``):
 
-Two dense-layer forms, chosen by batch size (see ``engine.SMALL_BATCH``):
-
-* ``dense_axpy``: the seed's loop. Weights ``[in, out]`` row-major, so the inner loop walks one
-  weight row in order; an input that is zero (ReLU pruned it) skips its whole row. Memory-bound,
-  it wins for one or two ads, where skipping rows saves bandwidth.
-* ``dense_tiled``: dot-product form over weights transposed once at load (``[out, in]``), a
-  register tile of 6 ads x 4 neurons: each weight vector loaded serves six ads, 24 accumulators
-  that LLVM vectorises along ``in``. Compute-bound, it wins from a handful of ads up.
+* ``dense_axpy``: the seed's loop for one or two ads. The non-zero inputs are gathered first, so
+  an input that ReLU made zero never touches its weight row (pruning), and the inner loop walks
+  four weight rows in order. Memory-bound: skipping rows saves bandwidth.
+* ``dense_tiled``: register tiles of 6 ads x 64 neurons (``simd.make_tile``): each weight vector
+  loaded serves six ads from registers, no horizontal sums. Compute-bound: near the GEMM peak.
 
 Layer 1 is split (``x @ W = x_ctx @ W_ctx + x_ad @ W_ad``): the context part is computed once per
-request and enters every ad's row as its bias.
+request (``context_bias``) and enters every ad's row as its bias.
 """
 
 from __future__ import annotations
@@ -24,13 +22,12 @@ import numpy as np
 from numba import njit
 
 from .kernel_config import CACHE, FASTMATH
+from .simd import make_tile
 
 ACT_NONE = 0
 ACT_RELU = 1
 ACT_SIGMOID = 2
 
-TILE_ADS = 6
-TILE_OUT = 4
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
@@ -132,257 +129,122 @@ def dense_axpy(x, n, k_in, w, bias, y, act, idx, vals):
             y[a, j] = _act(y[a, j], act)
 
 
+_T6_4, _T6_2, _T6_1 = make_tile(6, 4), make_tile(6, 2), make_tile(6, 1)
+_T4_4, _T4_2, _T4_1 = make_tile(4, 4), make_tile(4, 2), make_tile(4, 1)
+_T2_4, _T2_2, _T2_1 = make_tile(2, 4), make_tile(2, 2), make_tile(2, 1)
+_T1_4, _T1_2, _T1_1 = make_tile(1, 4), make_tile(1, 2), make_tile(1, 1)
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _block6(x, a, k_in, w, bias, y, relu):
+    """Ads a..a+5 x the neurons that fill whole 16-lane vectors; returns where those end."""
+    n_out = w.shape[1]
+    j = 0
+    while j + 64 <= n_out:
+        _T6_4(x, a, k_in, w, j, bias, y, relu)
+        j += 64
+    if j + 32 <= n_out:
+        _T6_2(x, a, k_in, w, j, bias, y, relu)
+        j += 32
+    if j + 16 <= n_out:
+        _T6_1(x, a, k_in, w, j, bias, y, relu)
+        j += 16
+    return j
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _block4(x, a, k_in, w, bias, y, relu):
+    n_out = w.shape[1]
+    j = 0
+    while j + 64 <= n_out:
+        _T4_4(x, a, k_in, w, j, bias, y, relu)
+        j += 64
+    if j + 32 <= n_out:
+        _T4_2(x, a, k_in, w, j, bias, y, relu)
+        j += 32
+    if j + 16 <= n_out:
+        _T4_1(x, a, k_in, w, j, bias, y, relu)
+        j += 16
+    return j
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _block2(x, a, k_in, w, bias, y, relu):
+    n_out = w.shape[1]
+    j = 0
+    while j + 64 <= n_out:
+        _T2_4(x, a, k_in, w, j, bias, y, relu)
+        j += 64
+    if j + 32 <= n_out:
+        _T2_2(x, a, k_in, w, j, bias, y, relu)
+        j += 32
+    if j + 16 <= n_out:
+        _T2_1(x, a, k_in, w, j, bias, y, relu)
+        j += 16
+    return j
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _block1(x, a, k_in, w, bias, y, relu):
+    n_out = w.shape[1]
+    j = 0
+    while j + 64 <= n_out:
+        _T1_4(x, a, k_in, w, j, bias, y, relu)
+        j += 64
+    if j + 32 <= n_out:
+        _T1_2(x, a, k_in, w, j, bias, y, relu)
+        j += 32
+    if j + 16 <= n_out:
+        _T1_1(x, a, k_in, w, j, bias, y, relu)
+        j += 16
+    return j
+
+
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def dense_tiled(x, n, k_in, wt, bias, y, act):
-    """``y[:n, :out] = act(x[:n, :k_in] @ wt.T + bias)`` with ``wt`` as [out, in]: tiles of 6 ads x 4
-    neurons, then the 0-5 ads left over in tiles of 4, 2 and 1 ads."""
-    n_out = wt.shape[0]
+def dense_cols(x, n, k_in, w, bias, y, act, j_start):
+    """Neurons ``j_start..`` one dot product at a time: the last layer (one output, sigmoid) and
+    the few neurons of a layer that do not fill a 16-lane vector."""
+    n_out = w.shape[1]
+    for a in range(n):
+        for j in range(j_start, n_out):
+            s = np.float32(0.0)
+            for k in range(k_in):
+                s += x[a, k] * w[k, j]
+            y[a, j] = _act(s + bias[j], act)
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def dense_tiled(x, n, k_in, w, bias, y, act):
+    """``y[:n, :out] = act(x[:n, :k_in] @ w + bias)`` with ``w`` as [in, out]: register tiles of
+    6 ads x 64 neurons (``simd.make_tile``), then 4, 2 and 1 ads for the rows left over; neurons
+    that do not fill a vector, and sigmoid layers, go one dot product at a time."""
+    if act == ACT_SIGMOID or w.shape[1] < 16:
+        dense_cols(x, n, k_in, w, bias, y, act, 0)
+        return
+    relu = 1 if act == ACT_RELU else 0
     a = 0
-    while a + TILE_ADS <= n:
-        j = 0
-        while j + TILE_OUT <= n_out:
-            s00 = s01 = s02 = s03 = np.float32(0.0)
-            s10 = s11 = s12 = s13 = np.float32(0.0)
-            s20 = s21 = s22 = s23 = np.float32(0.0)
-            s30 = s31 = s32 = s33 = np.float32(0.0)
-            s40 = s41 = s42 = s43 = np.float32(0.0)
-            s50 = s51 = s52 = s53 = np.float32(0.0)
-            for k in range(k_in):
-                w0 = wt[j, k]
-                w1 = wt[j + 1, k]
-                w2 = wt[j + 2, k]
-                w3 = wt[j + 3, k]
-                x0 = x[a, k]
-                x1 = x[a + 1, k]
-                x2 = x[a + 2, k]
-                x3 = x[a + 3, k]
-                x4 = x[a + 4, k]
-                x5 = x[a + 5, k]
-                s00 += x0 * w0
-                s01 += x0 * w1
-                s02 += x0 * w2
-                s03 += x0 * w3
-                s10 += x1 * w0
-                s11 += x1 * w1
-                s12 += x1 * w2
-                s13 += x1 * w3
-                s20 += x2 * w0
-                s21 += x2 * w1
-                s22 += x2 * w2
-                s23 += x2 * w3
-                s30 += x3 * w0
-                s31 += x3 * w1
-                s32 += x3 * w2
-                s33 += x3 * w3
-                s40 += x4 * w0
-                s41 += x4 * w1
-                s42 += x4 * w2
-                s43 += x4 * w3
-                s50 += x5 * w0
-                s51 += x5 * w1
-                s52 += x5 * w2
-                s53 += x5 * w3
-            b0 = bias[j]
-            b1 = bias[j + 1]
-            b2 = bias[j + 2]
-            b3 = bias[j + 3]
-            y[a, j] = _act(s00 + b0, act)
-            y[a, j + 1] = _act(s01 + b1, act)
-            y[a, j + 2] = _act(s02 + b2, act)
-            y[a, j + 3] = _act(s03 + b3, act)
-            y[a + 1, j] = _act(s10 + b0, act)
-            y[a + 1, j + 1] = _act(s11 + b1, act)
-            y[a + 1, j + 2] = _act(s12 + b2, act)
-            y[a + 1, j + 3] = _act(s13 + b3, act)
-            y[a + 2, j] = _act(s20 + b0, act)
-            y[a + 2, j + 1] = _act(s21 + b1, act)
-            y[a + 2, j + 2] = _act(s22 + b2, act)
-            y[a + 2, j + 3] = _act(s23 + b3, act)
-            y[a + 3, j] = _act(s30 + b0, act)
-            y[a + 3, j + 1] = _act(s31 + b1, act)
-            y[a + 3, j + 2] = _act(s32 + b2, act)
-            y[a + 3, j + 3] = _act(s33 + b3, act)
-            y[a + 4, j] = _act(s40 + b0, act)
-            y[a + 4, j + 1] = _act(s41 + b1, act)
-            y[a + 4, j + 2] = _act(s42 + b2, act)
-            y[a + 4, j + 3] = _act(s43 + b3, act)
-            y[a + 5, j] = _act(s50 + b0, act)
-            y[a + 5, j + 1] = _act(s51 + b1, act)
-            y[a + 5, j + 2] = _act(s52 + b2, act)
-            y[a + 5, j + 3] = _act(s53 + b3, act)
-            j += TILE_OUT
-        while j < n_out:  # neurons left over: 6 ads x 1 neuron
-            s0 = s1 = s2 = s3 = s4 = s5 = np.float32(0.0)
-            for k in range(k_in):
-                w0 = wt[j, k]
-                s0 += x[a, k] * w0
-                s1 += x[a + 1, k] * w0
-                s2 += x[a + 2, k] * w0
-                s3 += x[a + 3, k] * w0
-                s4 += x[a + 4, k] * w0
-                s5 += x[a + 5, k] * w0
-            b0 = bias[j]
-            y[a, j] = _act(s0 + b0, act)
-            y[a + 1, j] = _act(s1 + b0, act)
-            y[a + 2, j] = _act(s2 + b0, act)
-            y[a + 3, j] = _act(s3 + b0, act)
-            y[a + 4, j] = _act(s4 + b0, act)
-            y[a + 5, j] = _act(s5 + b0, act)
-            j += 1
-        a += TILE_ADS
+    j_end = 0
+    while a + 6 <= n:
+        j_end = _block6(x, a, k_in, w, bias, y, relu)
+        a += 6
     if a + 4 <= n:
-        _rows4(x, a, k_in, wt, bias, y, act)
+        j_end = _block4(x, a, k_in, w, bias, y, relu)
         a += 4
     if a + 2 <= n:
-        _rows2(x, a, k_in, wt, bias, y, act)
+        j_end = _block2(x, a, k_in, w, bias, y, relu)
         a += 2
     if a < n:
-        _rows1(x, a, k_in, wt, bias, y, act)
-
-
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
-def _rows4(x, a, k_in, wt, bias, y, act):
-    """Ads a..a+3 (left over after the 6-ad tiles) x every neuron, 4 neurons at a time."""
-    n_out = wt.shape[0]
-    j = 0
-    while j + TILE_OUT <= n_out:
-        s00 = s01 = s02 = s03 = np.float32(0.0)
-        s10 = s11 = s12 = s13 = np.float32(0.0)
-        s20 = s21 = s22 = s23 = np.float32(0.0)
-        s30 = s31 = s32 = s33 = np.float32(0.0)
-        for k in range(k_in):
-            w0 = wt[j, k]
-            w1 = wt[j + 1, k]
-            w2 = wt[j + 2, k]
-            w3 = wt[j + 3, k]
-            x0 = x[a, k]
-            x1 = x[a + 1, k]
-            x2 = x[a + 2, k]
-            x3 = x[a + 3, k]
-            s00 += x0 * w0
-            s01 += x0 * w1
-            s02 += x0 * w2
-            s03 += x0 * w3
-            s10 += x1 * w0
-            s11 += x1 * w1
-            s12 += x1 * w2
-            s13 += x1 * w3
-            s20 += x2 * w0
-            s21 += x2 * w1
-            s22 += x2 * w2
-            s23 += x2 * w3
-            s30 += x3 * w0
-            s31 += x3 * w1
-            s32 += x3 * w2
-            s33 += x3 * w3
-        y[a, j] = _act(s00 + bias[j], act)
-        y[a, j + 1] = _act(s01 + bias[j + 1], act)
-        y[a, j + 2] = _act(s02 + bias[j + 2], act)
-        y[a, j + 3] = _act(s03 + bias[j + 3], act)
-        y[a + 1, j] = _act(s10 + bias[j], act)
-        y[a + 1, j + 1] = _act(s11 + bias[j + 1], act)
-        y[a + 1, j + 2] = _act(s12 + bias[j + 2], act)
-        y[a + 1, j + 3] = _act(s13 + bias[j + 3], act)
-        y[a + 2, j] = _act(s20 + bias[j], act)
-        y[a + 2, j + 1] = _act(s21 + bias[j + 1], act)
-        y[a + 2, j + 2] = _act(s22 + bias[j + 2], act)
-        y[a + 2, j + 3] = _act(s23 + bias[j + 3], act)
-        y[a + 3, j] = _act(s30 + bias[j], act)
-        y[a + 3, j + 1] = _act(s31 + bias[j + 1], act)
-        y[a + 3, j + 2] = _act(s32 + bias[j + 2], act)
-        y[a + 3, j + 3] = _act(s33 + bias[j + 3], act)
-        j += TILE_OUT
-    while j < n_out:
-        s0 = s1 = s2 = s3 = np.float32(0.0)
-        for k in range(k_in):
-            w0 = wt[j, k]
-            s0 += x[a, k] * w0
-            s1 += x[a + 1, k] * w0
-            s2 += x[a + 2, k] * w0
-            s3 += x[a + 3, k] * w0
-        y[a, j] = _act(s0 + bias[j], act)
-        y[a + 1, j] = _act(s1 + bias[j], act)
-        y[a + 2, j] = _act(s2 + bias[j], act)
-        y[a + 3, j] = _act(s3 + bias[j], act)
-        j += 1
-
-
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
-def _rows2(x, a, k_in, wt, bias, y, act):
-    """Ads a, a+1 x every neuron, 4 neurons at a time."""
-    n_out = wt.shape[0]
-    j = 0
-    while j + TILE_OUT <= n_out:
-        s00 = s01 = s02 = s03 = np.float32(0.0)
-        s10 = s11 = s12 = s13 = np.float32(0.0)
-        for k in range(k_in):
-            w0 = wt[j, k]
-            w1 = wt[j + 1, k]
-            w2 = wt[j + 2, k]
-            w3 = wt[j + 3, k]
-            x0 = x[a, k]
-            x1 = x[a + 1, k]
-            s00 += x0 * w0
-            s01 += x0 * w1
-            s02 += x0 * w2
-            s03 += x0 * w3
-            s10 += x1 * w0
-            s11 += x1 * w1
-            s12 += x1 * w2
-            s13 += x1 * w3
-        y[a, j] = _act(s00 + bias[j], act)
-        y[a, j + 1] = _act(s01 + bias[j + 1], act)
-        y[a, j + 2] = _act(s02 + bias[j + 2], act)
-        y[a, j + 3] = _act(s03 + bias[j + 3], act)
-        y[a + 1, j] = _act(s10 + bias[j], act)
-        y[a + 1, j + 1] = _act(s11 + bias[j + 1], act)
-        y[a + 1, j + 2] = _act(s12 + bias[j + 2], act)
-        y[a + 1, j + 3] = _act(s13 + bias[j + 3], act)
-        j += TILE_OUT
-    while j < n_out:
-        s0 = s1 = np.float32(0.0)
-        for k in range(k_in):
-            w0 = wt[j, k]
-            s0 += x[a, k] * w0
-            s1 += x[a + 1, k] * w0
-        y[a, j] = _act(s0 + bias[j], act)
-        y[a + 1, j] = _act(s1 + bias[j], act)
-        j += 1
-
-
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
-def _rows1(x, a, k_in, wt, bias, y, act):
-    """Ad a x every neuron, 4 neurons at a time."""
-    n_out = wt.shape[0]
-    j = 0
-    while j + TILE_OUT <= n_out:
-        s0 = s1 = s2 = s3 = np.float32(0.0)
-        for k in range(k_in):
-            xv = x[a, k]
-            s0 += xv * wt[j, k]
-            s1 += xv * wt[j + 1, k]
-            s2 += xv * wt[j + 2, k]
-            s3 += xv * wt[j + 3, k]
-        y[a, j] = _act(s0 + bias[j], act)
-        y[a, j + 1] = _act(s1 + bias[j + 1], act)
-        y[a, j + 2] = _act(s2 + bias[j + 2], act)
-        y[a, j + 3] = _act(s3 + bias[j + 3], act)
-        j += TILE_OUT
-    while j < n_out:
-        s0 = np.float32(0.0)
-        for k in range(k_in):
-            s0 += x[a, k] * wt[j, k]
-        y[a, j] = _act(s0 + bias[j], act)
-        j += 1
+        j_end = _block1(x, a, k_in, w, bias, y, relu)
+    dense_cols(x, n, k_in, w, bias, y, act, j_end)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def dense_layer(x, n, k_in, w, wt, bias, y, act, small_batch, idx, vals):
+def dense_layer(x, n, k_in, w, bias, y, act, small_batch, idx, vals):
     """One layer, in the form that suits the batch size."""
     if n <= small_batch:
         dense_axpy(x, n, k_in, w, bias, y, act, idx, vals)
     else:
-        dense_tiled(x, n, k_in, wt, bias, y, act)
+        dense_tiled(x, n, k_in, w, bias, y, act)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
@@ -397,23 +259,22 @@ def context_bias(ctx_tables, ctx_buckets, ctx_mean, ctx_cols, ctx_dims, ctx_ids,
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def mlp_rows(x, n, c, w_ad, wt_ad, ws, wts, bs, acts, buf_a, buf_b, small_batch, idx, vals):
+def mlp_rows(x, n, c, w_ad, ws, bs, acts, buf_a, buf_b, small_batch, idx, vals):
     """Layers for ``n`` rows of ad inputs ``x``: layer 1 with the context bias ``c``, then every
     further layer ping-ponging between the two buffers. Returns the buffer holding the output."""
-    dense_layer(x, n, w_ad.shape[0], w_ad, wt_ad, c, buf_b, acts[0], small_batch, idx, vals)
+    dense_layer(x, n, w_ad.shape[0], w_ad, c, buf_b, acts[0], small_batch, idx, vals)
     src = buf_b
     dst = buf_a
     for li in range(len(ws)):
         w = ws[li]
-        dense_layer(src, n, w.shape[0], w, wts[li], bs[li], dst, acts[li + 1], small_batch, idx,
-                    vals)
+        dense_layer(src, n, w.shape[0], w, bs[li], dst, acts[li + 1], small_batch, idx, vals)
         src, dst = dst, src
     return src
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, ad_lens, dense,
-            dense_col, c, w_ad, wt_ad, ws, wts, bs, acts, n_ads, buf_a, buf_b, counts,
+            dense_col, c, w_ad, ws, bs, acts, n_ads, buf_a, buf_b, counts,
             small_batch, idx, vals, out):
     """Score ``n_ads`` ads in chunks of ``buf_a.shape[0]`` rows: pool the ad groups and copy the
     dense features into ``buf_a``, run the layers, and write ad i's pCTR to ``out[i]``."""
@@ -429,21 +290,21 @@ def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, a
         for r in range(n):
             for d in range(dense_dim):
                 buf_a[r, dense_col + d] = dense[row0 + r, d]
-        res = mlp_rows(buf_a, n, c[0], w_ad, wt_ad, ws, wts, bs, acts, buf_a, buf_b, small_batch,
+        res = mlp_rows(buf_a, n, c[0], w_ad, ws, bs, acts, buf_a, buf_b, small_batch,
                        idx, vals)
         for r in range(n):
             out[row0 + r] = res[r, 0]
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def mlp(x_ctx, w_ctx, b0, c, x_ad, n_ads, w_ad, wt_ad, ws, wts, bs, acts, buf_a, buf_b,
+def mlp(x_ctx, w_ctx, b0, c, x_ad, n_ads, w_ad, ws, bs, acts, buf_a, buf_b,
         small_batch, idx, vals, out):
     """The MLP alone on pooled inputs: context part once, then the ad rows chunk by chunk."""
     dense_axpy(x_ctx, 1, w_ctx.shape[0], w_ctx, b0, c, ACT_NONE, idx, vals)
     chunk = buf_a.shape[0]
     for row0 in range(0, n_ads, chunk):
         n = min(chunk, n_ads - row0)
-        res = mlp_rows(x_ad[row0:row0 + n], n, c[0], w_ad, wt_ad, ws, wts, bs, acts, buf_a, buf_b,
+        res = mlp_rows(x_ad[row0:row0 + n], n, c[0], w_ad, ws, bs, acts, buf_a, buf_b,
                        small_batch, idx, vals)
         for r in range(n):
             out[row0 + r] = res[r, 0]
