@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from .kernel_config import CACHE, FASTMATH
-from .simd import make_tile
+from .simd import make_sparse_row, make_tile
 
 ACT_NONE = 0
 ACT_RELU = 1
@@ -88,51 +88,60 @@ def _act(v, act):
     return v
 
 
+_S16, _S8, _S4, _S2, _S1 = (make_sparse_row(16), make_sparse_row(8), make_sparse_row(4),
+                             make_sparse_row(2), make_sparse_row(1))
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _pruned_row(x, a, k_in, w, bias, y, act, idx, vals):
+    """Ad ``a``: gather its non-zero inputs into ``idx``/``vals`` (ReLU pruning: a zero input
+    never touches its weight row), then accumulate blocks of up to 256 neurons in registers over
+    those rows (``simd.make_sparse_row``); neurons that do not fill a 16-lane vector, and sigmoid
+    layers, are summed one at a time over the same rows."""
+    n_out = w.shape[1]
+    m = 0
+    for k in range(k_in):
+        v = x[a, k]
+        if v != 0.0:
+            idx[m] = k
+            vals[m] = v
+            m += 1
+    j = 0
+    if act != ACT_SIGMOID:
+        relu = 1 if act == ACT_RELU else 0
+        while j + 256 <= n_out:
+            _S16(idx, vals, m, w, j, bias, y, a, relu)
+            j += 256
+        if j + 128 <= n_out:
+            _S8(idx, vals, m, w, j, bias, y, a, relu)
+            j += 128
+        if j + 64 <= n_out:
+            _S4(idx, vals, m, w, j, bias, y, a, relu)
+            j += 64
+        if j + 32 <= n_out:
+            _S2(idx, vals, m, w, j, bias, y, a, relu)
+            j += 32
+        if j + 16 <= n_out:
+            _S1(idx, vals, m, w, j, bias, y, a, relu)
+            j += 16
+    for jj in range(j, n_out):
+        s = bias[jj]
+        for q in range(m):
+            s += vals[q] * w[idx[q], jj]
+        y[a, jj] = _act(s, act)
+
+
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def dense_axpy(x, n, k_in, w, bias, y, act, idx, vals):
-    """``y[:n, :out] = act(x[:n, :k_in] @ w + bias)`` with ``w`` as [in, out].
-
-    Per ad, the non-zero inputs are first gathered into ``idx``/``vals`` (ReLU pruning: a zero
-    input never touches its weight row), then four weight rows at a time are added into the
-    output row, so each load and store of ``y`` serves four multiply-adds."""
-    n_out = w.shape[1]
+    """``y[:n, :out] = act(x[:n, :k_in] @ w + bias)`` with ``w`` as [in, out], one ad at a time,
+    pruned: the seed's loop, with the output block kept in registers."""
     for a in range(n):
-        m = 0
-        for k in range(k_in):
-            v = x[a, k]
-            if v != 0.0:
-                idx[m] = k
-                vals[m] = v
-                m += 1
-        for j in range(n_out):
-            y[a, j] = bias[j]
-        q = 0
-        while q + 4 <= m:
-            k0 = idx[q]
-            k1 = idx[q + 1]
-            k2 = idx[q + 2]
-            k3 = idx[q + 3]
-            v0 = vals[q]
-            v1 = vals[q + 1]
-            v2 = vals[q + 2]
-            v3 = vals[q + 3]
-            for j in range(n_out):
-                y[a, j] += v0 * w[k0, j] + v1 * w[k1, j] + v2 * w[k2, j] + v3 * w[k3, j]
-            q += 4
-        while q < m:
-            k0 = idx[q]
-            v0 = vals[q]
-            for j in range(n_out):
-                y[a, j] += v0 * w[k0, j]
-            q += 1
-        for j in range(n_out):
-            y[a, j] = _act(y[a, j], act)
+        _pruned_row(x, a, k_in, w, bias, y, act, idx, vals)
 
 
 _T6_4, _T6_2, _T6_1 = make_tile(6, 4), make_tile(6, 2), make_tile(6, 1)
 _T4_4, _T4_2, _T4_1 = make_tile(4, 4), make_tile(4, 2), make_tile(4, 1)
 _T2_4, _T2_2, _T2_1 = make_tile(2, 4), make_tile(2, 2), make_tile(2, 1)
-_T1_4, _T1_2, _T1_1 = make_tile(1, 4), make_tile(1, 2), make_tile(1, 1)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
@@ -184,22 +193,6 @@ def _block2(x, a, k_in, w, bias, y, relu):
     return j
 
 
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
-def _block1(x, a, k_in, w, bias, y, relu):
-    n_out = w.shape[1]
-    j = 0
-    while j + 64 <= n_out:
-        _T1_4(x, a, k_in, w, j, bias, y, relu)
-        j += 64
-    if j + 32 <= n_out:
-        _T1_2(x, a, k_in, w, j, bias, y, relu)
-        j += 32
-    if j + 16 <= n_out:
-        _T1_1(x, a, k_in, w, j, bias, y, relu)
-        j += 16
-    return j
-
-
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def dense_cols(x, n, k_in, w, bias, y, act, j_start):
     """Neurons ``j_start..`` one dot product at a time: the last layer (one output, sigmoid) and
@@ -214,10 +207,11 @@ def dense_cols(x, n, k_in, w, bias, y, act, j_start):
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def dense_tiled(x, n, k_in, w, bias, y, act):
+def dense_tiled(x, n, k_in, w, bias, y, act, idx, vals):
     """``y[:n, :out] = act(x[:n, :k_in] @ w + bias)`` with ``w`` as [in, out]: register tiles of
-    6 ads x 64 neurons (``simd.make_tile``), then 4, 2 and 1 ads for the rows left over; neurons
-    that do not fill a vector, and sigmoid layers, go one dot product at a time."""
+    6 ads x 64 neurons (``simd.make_tile``), then 4 and 2 ads for the rows left over and the
+    pruned one-ad form for a last odd row; neurons that do not fill a vector, and sigmoid layers,
+    go one dot product at a time."""
     if act == ACT_SIGMOID or w.shape[1] < 16:
         dense_cols(x, n, k_in, w, bias, y, act, 0)
         return
@@ -233,9 +227,9 @@ def dense_tiled(x, n, k_in, w, bias, y, act):
     if a + 2 <= n:
         j_end = _block2(x, a, k_in, w, bias, y, relu)
         a += 2
+    dense_cols(x, a, k_in, w, bias, y, act, j_end)
     if a < n:
-        j_end = _block1(x, a, k_in, w, bias, y, relu)
-    dense_cols(x, n, k_in, w, bias, y, act, j_end)
+        _pruned_row(x, a, k_in, w, bias, y, act, idx, vals)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
@@ -244,7 +238,7 @@ def dense_layer(x, n, k_in, w, bias, y, act, small_batch, idx, vals):
     if n <= small_batch:
         dense_axpy(x, n, k_in, w, bias, y, act, idx, vals)
     else:
-        dense_tiled(x, n, k_in, w, bias, y, act)
+        dense_tiled(x, n, k_in, w, bias, y, act, idx, vals)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)

@@ -96,3 +96,65 @@ def make_tile(rows: int, vectors: int):
         return sig, codegen
 
     return tile
+
+
+def make_sparse_row(vectors: int):
+    """An intrinsic ``row(idx, vals, m, w, j0, bias, y, a, relu)`` computing
+    ``y[a, j0:j0+16*vectors] = act(sum over q < m of vals[q] * w[idx[q], j0:...] + bias[j0:...])``.
+
+    The pruned form for one ad: ``idx``/``vals`` list only the inputs ReLU left non-zero, so a
+    pruned input never touches its weight row, and the whole output block (up to 256 neurons in
+    16 vectors) stays in registers until the end."""
+
+    @intrinsic
+    def row(typingctx, idx, vals, m, w, j0, bias, y, a, relu):
+        if not (isinstance(idx, types.Array) and idx.ndim == 1 and idx.layout == "C"
+                and idx.dtype == types.int64 and _is_c_matrix(vals, 1) and _is_c_matrix(w, 2)
+                and _is_c_matrix(y, 2) and _is_c_matrix(bias, 1)):
+            return None
+        sig = types.void(idx, vals, m, w, j0, bias, y, a, relu)
+
+        def codegen(context, builder, signature, args):
+            i_v, v_v, m_v, w_v, j0_v, b_v, y_v, a_v, relu_v = args
+            i_t, v_t, m_t, w_t, j0_t, b_t, y_t, a_t, relu_t = signature.args
+            ia = context.make_array(i_t)(context, builder, i_v)
+            va = context.make_array(v_t)(context, builder, v_v)
+            wa = context.make_array(w_t)(context, builder, w_v)
+            ba = context.make_array(b_t)(context, builder, b_v)
+            ya = context.make_array(y_t)(context, builder, y_v)
+            four = _I64(4)
+            ldw = builder.sdiv(cgutils.unpack_tuple(builder, wa.strides, 2)[0], four)
+            ldy = builder.sdiv(cgutils.unpack_tuple(builder, ya.strides, 2)[0], four)
+            m = context.cast(builder, m_v, m_t, types.int64)
+            j0 = context.cast(builder, j0_v, j0_t, types.int64)
+            a = context.cast(builder, a_v, a_t, types.int64)
+            relu = builder.icmp_signed("!=", context.cast(builder, relu_v, relu_t, types.int64), _I64(0))
+            vptr = _VEC.as_pointer()
+            zero = ir.Constant(_VEC, [0.0] * LANES)
+            undef = ir.Constant(_VEC, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fma.v16f32")
+            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(vectors)]
+            w_base = builder.gep(wa.data, [j0])
+            with cgutils.for_range(builder, m) as loop:
+                q = loop.index
+                k = builder.load(builder.gep(ia.data, [q]))
+                s = builder.load(builder.gep(va.data, [q]))
+                b = builder.shuffle_vector(builder.insert_element(undef, s, _I32(0)), undef, splat)
+                w_row = builder.gep(w_base, [builder.mul(k, ldw)])
+                for v in range(vectors):
+                    wv = builder.load(builder.bitcast(builder.gep(w_row, [_I64(v * LANES)]), vptr), align=4)
+                    builder.store(builder.call(fma, [b, wv, builder.load(accs[v])]), accs[v])
+            b_row = builder.gep(ba.data, [j0])
+            y_row = builder.gep(ya.data, [builder.add(builder.mul(a, ldy), j0)])
+            for v in range(vectors):
+                bias_v = builder.load(builder.bitcast(builder.gep(b_row, [_I64(v * LANES)]), vptr), align=4)
+                r = builder.fadd(builder.load(accs[v]), bias_v)
+                r = builder.select(relu, builder.select(builder.fcmp_ordered(">", r, zero), r, zero), r)
+                builder.store(r, builder.bitcast(builder.gep(y_row, [_I64(v * LANES)]), vptr), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return row
