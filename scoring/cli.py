@@ -34,6 +34,7 @@ FLAGS: dict[str, tuple[str, dict]] = {
     "--workers": ("workers", {"type": int, "metavar": "N"}),
     "--models": ("models", {"metavar": "A,B", "type": lambda s: [m for m in s.split(",") if m]}),
     "--default-model": ("default_model", {"metavar": "NAME"}),
+    "--models-config": ("models_config", {"metavar": "FILE"}),
     "--max-ads": ("max_ads", {"type": int}),
     "--max-body-bytes": ("max_body_bytes", {"type": int}),
     "--max-values-per-group": ("max_values_per_group", {"type": int}),
@@ -95,14 +96,23 @@ def build_app(settings: Settings):
     """The app of one worker process: repository -> registry -> API."""
     from .api import create_app
     from .metrics import Metrics
+    from .models_config import load_models_config
+    from .models_setup import setup_models
     from .registry import Registry
     from .repo import ModelRepo
 
     metrics = Metrics()
-    registry = Registry(ModelRepo(settings.model_repo), models=settings.models,
-                        default_model=settings.default_model, keep=settings.keep_versions,
-                        poll_interval=settings.poll_interval, metrics=metrics)
-    return create_app(settings, registry, metrics=metrics)
+    config = load_models_config(settings.models_config) if settings.models_config else None
+    models = [m.name for m in config.native] if config else settings.models
+    default = (config.default if config else None) or settings.default_model
+    registry = Registry(ModelRepo(settings.model_repo), models=models, default_model=default,
+                        keep=settings.keep_versions, poll_interval=settings.poll_interval,
+                        metrics=metrics)
+    if config is None:
+        return create_app(settings, registry, metrics=metrics)
+    setup = setup_models(config, registry, metrics.registry)  # TF Serving models, experiments
+    return create_app(settings, registry, metrics=metrics, services=setup.services,
+                      default_route=setup.default_route)
 
 
 def app_factory():
@@ -133,6 +143,14 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"ctr-serve: invalid settings: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level, settings.access_log)
+    if settings.models_config:
+        from .models_config import ConfigError, load_models_config
+
+        try:  # fail here with the field named, not in every worker
+            load_models_config(settings.models_config)
+        except ConfigError as exc:
+            print(f"ctr-serve: invalid models config: {exc}", file=sys.stderr)
+            return 2
     ensure_demo(settings)
     if settings.workers > 1:
         _prepare_metrics_dir(settings)

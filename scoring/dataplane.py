@@ -56,10 +56,15 @@ class DataPlane:
             score_async = getattr(scorer, "score_async", None)
             if score_async is None:
                 scores = scorer.score(request.context, ads)
-            else:
-                scores = await score_async(request.context, ads)
-            out = _DUMPS({"model": model.name, "version": model.version, "scores": scores,
-                          "request_id": request.request_id}, option=_NUMPY)
+                doc = {"model": model.name, "version": model.version, "scores": scores,
+                       "request_id": request.request_id}
+            else:  # TF Serving models and experiment arms: a Scored that says who scored
+                scored = await score_async(request.context, ads)
+                doc = {"model": scored.model, "version": scored.version, "scores": scored.scores,
+                       "request_id": request.request_id}
+                if scored.extra:
+                    doc.update(scored.extra)  # arm, fallback_for, fallback_reason
+            out = _DUMPS(doc, option=_NUMPY)
         except ScoringError as exc:
             metrics.count_request(model.name if model else _UNKNOWN,
                                   model.version if model else _UNKNOWN, exc.status_code)

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     default_model: str | None = None
     """The model ``POST /v1/score`` uses; default: the only model served (or ``demo``)."""
 
+    models_config: Path | None = None
+    """Models config file (YAML or JSON): native and TF Serving models, fallbacks, the experiment
+    split of ``POST /v1/score`` (docs/models-config.md). Unset: every repository model, native."""
+
     admin_token: SecretStr | None = None
     """Bearer token for the admin endpoints (reload, rollback); unset disables them (403)."""
 

@@ -27,7 +27,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -330,6 +329,9 @@ class TFServingClient:
                 break
             idx = self._pick(start, tried)
             if idx is None:
+                if self.observer is not None:
+                    for up in self.upstreams:
+                        self.observer(self.config.name, up.url, 0.0, "circuit_open")
                 if failure is None:
                     failure = _Failure(f"circuit open for all {len(self.upstreams)} upstream(s) "
                                        f"after repeated failures; retrying after "
@@ -446,6 +448,3 @@ def _status_failure(url: str, resp: httpx.Response) -> _Failure:
                         host_fault=False, retriable=False, reason="http_400")
     return _Failure(msg, timeout=code == 504, reason=f"http_{code}")
 
-
-def finite_mean(values: np.ndarray) -> float:
-    return float(values.mean()) if len(values) and math.isfinite(float(values.mean())) else 0.0

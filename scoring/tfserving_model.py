@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import UpstreamError, UpstreamTimeout
+from .errors import ScoringError, UpstreamError, UpstreamTimeout
 from .features import FeatureLayout
 from .models_config import Features, TFServingModel
 from .package import GroupSpec, Manifest
@@ -36,6 +36,18 @@ class Scored:
     version: str
     fallback_for: str | None = None   # set when the fallback scored instead of TF Serving
     fallback_reason: str | None = None
+    arm: str | None = None            # the experiment arm of POST /v1/score, when there are arms
+
+    @property
+    def extra(self) -> dict[str, str] | None:
+        """Fields a score response adds to the contract's: the arm, which model fell back, why."""
+        out = {}
+        if self.arm is not None:
+            out["arm"] = self.arm
+        if self.fallback_for is not None:
+            out["fallback_for"] = self.fallback_for
+            out["fallback_reason"] = self.fallback_reason or ""
+        return out or None
 
 
 def features_of(manifest: Manifest) -> Features:
@@ -66,15 +78,23 @@ class TFServingScorer:
         self.name = config.name
         self.fallback = fallback
         self.on_fallback = on_fallback
-        features = config.features
-        if features is None:
-            if fallback is None:
-                raise ValueError(f"model {config.name!r}: features are needed without a fallback")
-            features = features_of(fallback().manifest)
-        self.features = features
-        self.layout = layout_of(features)
+        self._features = config.features
+        self._layout = layout_of(config.features) if config.features else None
         self.client = TFServingClient(config, runner=runner, observer=observer)
         self.fallbacks = 0
+
+    @property
+    def features(self) -> Features:
+        """The request's groups: from the config, else from the fallback's manifest (read on
+        first use: the fallback may still be loading when this model is built)."""
+        if self._features is None:
+            self._features = features_of(self._fallback_engine().manifest)
+            self._layout = layout_of(self._features)
+        return self._features
+
+    def _fallback_engine(self) -> Any:
+        assert self.fallback is not None
+        return self.fallback()  # raises NotReady (503) while the fallback model is loading
 
     @property
     def version(self) -> str:
@@ -82,8 +102,8 @@ class TFServingScorer:
         return str(c.version) if c.version is not None else (c.label or "latest")
 
     def _tensors(self, context: Mapping[str, Any] | None, ads: Sequence[Any]):
-        batch = self.layout.encode(context, ads)  # InvalidRequest (422) names the bad field
         f = self.features
+        batch = self._layout.encode(context, ads)  # InvalidRequest (422) names the bad field
         return request_tensors(batch, f.context, f.ad, f.dense_dim, self.config.inputs)
 
     def score(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> Scored:
@@ -108,14 +128,17 @@ class TFServingScorer:
                    ads: Sequence[Any]) -> Scored:
         if self.fallback is None:
             raise exc
-        engine = self.fallback()
+        try:
+            engine = self._fallback_engine()
+        except ScoringError as unavailable:
+            raise type(exc)(f"{exc.message}; fallback unavailable: {unavailable.message}") from None
         reason = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
         self.fallbacks += 1
         if self.on_fallback is not None:
             self.on_fallback(self.name, engine.name, reason)
         log.warning("model %r: scored by fallback %r (%s)", self.name, engine.name, exc.message)
-        return Scored(np.asarray(engine.score(context, ads), dtype=np.float64), engine.name,
-                      engine.version, fallback_for=self.name, fallback_reason=exc.message)
+        return Scored(engine.score(context, ads), engine.name, engine.version,
+                      fallback_for=self.name, fallback_reason=exc.message)
 
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
         """What ``GET /v1/models/{name}`` shows: the upstreams as TF Serving reports them."""

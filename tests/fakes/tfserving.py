@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -186,6 +187,10 @@ class FakeTFServing:
                     fake._conns.add(request)
                     fake.stats.connections += 1
                 super().process_request(request, client_address)
+
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                    super().handle_error(request, client_address)  # a client gone is not news
 
             def shutdown_request(self, request):
                 with fake._lock:
