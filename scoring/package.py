@@ -349,7 +349,8 @@ def load_package(root: str | os.PathLike, *, verify: bool = True, finite: bool =
         sums = parse_checksums(cpath.read_text(encoding="utf-8", errors="replace"))
     for name in manifest.files():
         if name not in sums:
-            raise PackageError(f"{name}: named in {MANIFEST} but not listed in {CHECKSUMS}")
+            raise PackageError(f"{name}: named in {MANIFEST} but missing from the package "
+                               f"(not listed in {CHECKSUMS})")
 
     tables = [_open_array(root, g.table, (g.buckets, g.dim), f"groups '{g.name}' table [buckets, dim]")
               for g in manifest.groups]
