@@ -13,6 +13,7 @@ import logging
 from typing import Iterator
 
 import requests
+import urllib3
 
 from .base import CHUNK, SourceError
 
@@ -82,11 +83,13 @@ def response_error(resp: requests.Response, host: str, what: str) -> SourceError
 
 def iter_body(resp: requests.Response, host: str, what: str) -> Iterator[bytes]:
     """The response body in chunks; failures mid-body become retriable SourceErrors."""
+    raw = resp.raw
     try:
-        for chunk in resp.iter_content(CHUNK):
-            if chunk:
-                yield chunk
-    except (requests.RequestException, OSError) as exc:
+        # read1 hands over whatever arrived, so a connection that drops mid-file leaves every
+        # received byte with us and the download resumes exactly there.
+        while chunk := raw.read1(CHUNK, decode_content=True):
+            yield chunk
+    except (requests.RequestException, OSError, urllib3.exceptions.HTTPError) as exc:
         raise network_error(exc, host, what) from None
     finally:
         resp.close()

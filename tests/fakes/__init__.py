@@ -1,0 +1,1 @@
+"""Test peers for the syncer: WebHDFS / HttpFS servers, an alarm webhook receiver, nginx."""

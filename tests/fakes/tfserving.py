@@ -374,3 +374,26 @@ def _handler(fake: FakeTFServing):
                     fake.stats.intervals.append((start, time.monotonic()))
 
     return Handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a package as a TF Serving look-alike until killed (for benchmarks):
+    ``python -m tests.fakes.tfserving --package DIR [--name NAME] [--port N]``; prints
+    ``READY <url>`` once it listens."""
+    import argparse
+
+    from scoring.package import load_package
+
+    p = argparse.ArgumentParser(prog="python -m tests.fakes.tfserving")
+    p.add_argument("--package", required=True)
+    p.add_argument("--name", default="ctr")
+    p.add_argument("--port", type=int, default=0)
+    args = p.parse_args(argv)
+    server = FakeTFServing(args.name, {1: load_package(args.package)}, port=args.port).start()
+    print(f"READY {server.url}", flush=True)
+    threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
