@@ -92,24 +92,22 @@ class RequestTensors:
 
 def _id_matrices(ids: np.ndarray, keys: np.ndarray, lens: np.ndarray, n_rows: int,
                  n_slots: int, pad: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Run-length encoded ids (see scoring.features) -> per slot, an id matrix and row counts."""
+    """Run-length encoded ids (see scoring.features) -> per slot, an int64 id matrix
+    ``[n_rows, longest row]`` and the row counts. One scatter for all slots (few NumPy calls:
+    this runs on every request)."""
     n_slots_ = max(1, n_slots)
-    rows, slots = keys // n_slots_, keys % n_slots_
-    counts = np.zeros((n_slots_, max(1, n_rows)), dtype=np.int64)
+    rows, slots = np.divmod(keys, n_slots_)
+    counts = np.zeros((n_slots_, n_rows), dtype=np.int64)
     counts[slots, rows] = lens
-    entry = np.repeat(np.arange(len(keys)), lens)
-    starts = np.cumsum(lens) - lens
-    pos = np.arange(len(ids)) - starts[entry]
-    id_slot, id_row = slots[entry], rows[entry]
-    out = []
+    widths = counts.max(axis=1) if n_rows else np.zeros(n_slots_, dtype=np.int64)
     pad_u = np.array(pad, dtype=np.int64).view(np.uint64)
-    for s in range(n_slots):
-        width = max(1, int(counts[s, :n_rows].max())) if n_rows else 1
-        mat = np.full((n_rows, width), pad_u, dtype=np.uint64)
-        sel = id_slot == s
-        mat[id_row[sel], pos[sel]] = ids[sel]
-        out.append((to_int64(mat), counts[s, :n_rows].copy()))
-    return out
+    mat = np.full((n_slots_, n_rows, max(1, int(widths.max()))), pad_u, dtype=np.uint64)
+    if len(ids):
+        entry = np.repeat(np.arange(len(keys)), lens)
+        pos = np.arange(len(ids)) - (np.cumsum(lens) - lens)[entry]
+        mat[slots[entry], rows[entry], pos] = ids
+    signed = to_int64(mat)
+    return [(signed[s, :, :max(1, int(widths[s]))], counts[s]) for s in range(n_slots)]
 
 
 def request_tensors(batch: EncodedBatch, ctx_groups: Sequence[str], ad_groups: Sequence[str],
@@ -119,9 +117,9 @@ def request_tensors(batch: EncodedBatch, ctx_groups: Sequence[str], ad_groups: S
     tensors: list[_IdTensor] = []
     ctx = _id_matrices(batch.ctx_ids, batch.ctx_keys, batch.ctx_lens, 1, len(ctx_groups),
                        mapping.pad_id)
-    for g, (mat, counts) in zip(ctx_groups, ctx):
-        tensors.append(_IdTensor(mapping.tensor(g), np.repeat(mat, n, axis=0),
-                                 np.repeat(counts, n), mapping.length_tensor(g)))
+    for g, (mat, counts) in zip(ctx_groups, ctx):  # the same row for every ad: a broadcast view
+        tensors.append(_IdTensor(mapping.tensor(g), np.broadcast_to(mat, (n, mat.shape[1])),
+                                 np.broadcast_to(counts, (n,)), mapping.length_tensor(g)))
     ad = _id_matrices(batch.ad_ids, batch.ad_keys, batch.ad_lens, n, len(ad_groups),
                       mapping.pad_id)
     for g, (mat, counts) in zip(ad_groups, ad):

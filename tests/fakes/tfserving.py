@@ -175,7 +175,8 @@ class FakeTFServing:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._port}"
 
-    def start(self) -> "FakeTFServing":
+    def start(self, serve: bool = True) -> "FakeTFServing":
+        """Listen on the port; ``serve=False`` only binds (a caller may fork first)."""
         fake = self
 
         class Server(ThreadingHTTPServer):
@@ -199,9 +200,14 @@ class FakeTFServing:
 
         self._server = Server(("127.0.0.1", self._port), _handler(self))
         self._port = self._server.server_address[1]
+        if serve:
+            self.serve()
+        return self
+
+    def serve(self) -> None:
+        assert self._server is not None
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                          daemon=True).start()
-        return self
 
     def stop(self) -> None:
         """Stop listening and cut open keep-alive connections: new requests are refused."""
@@ -378,9 +384,11 @@ def _handler(fake: FakeTFServing):
 
 def main(argv: list[str] | None = None) -> int:
     """Serve a package as a TF Serving look-alike until killed (for benchmarks):
-    ``python -m tests.fakes.tfserving --package DIR [--name NAME] [--port N]``; prints
-    ``READY <url>`` once it listens."""
+    ``python -m tests.fakes.tfserving --package DIR [--name NAME] [--port N] [--processes N]``;
+    prints ``READY <url>`` once it listens. ``--processes`` forks workers that share the
+    listening socket, so requests are computed in parallel as TF Serving's thread pool does."""
     import argparse
+    import os
 
     from scoring.package import load_package
 
@@ -388,9 +396,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--package", required=True)
     p.add_argument("--name", default="ctr")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--processes", type=int, default=1)
     args = p.parse_args(argv)
-    server = FakeTFServing(args.name, {1: load_package(args.package)}, port=args.port).start()
-    print(f"READY {server.url}", flush=True)
+    server = FakeTFServing(args.name, {1: load_package(args.package)}, port=args.port)
+    server.start(serve=False)
+    parent = True
+    for _ in range(args.processes - 1):
+        if os.fork() == 0:
+            parent = False
+            break
+    server.serve()
+    if parent:
+        print(f"READY {server.url}", flush=True)
     threading.Event().wait()
     return 0
 
