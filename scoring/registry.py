@@ -214,7 +214,9 @@ class Registry:
             self._failed[name] = (version, reason)
             if self.metrics:
                 self.metrics.model_loaded(name, time.perf_counter() - t0, ok=False)
-            if not rollback:
+            if isinstance(exc, PackageError) and not rollback:
+                # the files are bad for every process: record it so none retries it. Anything
+                # else (a bug, memory) is remembered here only, so a restart or reload retries.
                 try:
                     self.repo.reject(name, version, reason)
                 except OSError as err:
@@ -258,6 +260,7 @@ class Registry:
             raise ModelNotFound(f"model {name!r} is not in the repository {self.repo.root}")
         if self._expected is not None and name not in self._expected:
             self._expected.append(name)
+        self._failed.pop(name, None)  # an operator asked: try a version that failed here again
         return self.sync(name)
 
     def rollback(self, name: str) -> SyncResult:
