@@ -92,6 +92,7 @@ class SyncResult:
     bytes: int = 0
     seconds: float = 0.0
     attempts: int = 0
+    download_seconds: float = 0.0    # time spent fetching the package files (installed only)
 
     @property
     def ok(self) -> bool:
@@ -224,8 +225,11 @@ class Syncer:
             if name == MANIFEST and "version" not in state:
                 state["version"] = self._check_new_version(state["staging"])
         (state["staging"] / CHECKSUMS).write_bytes(text)
-        metrics.DOWNLOAD_SECONDS.labels(self.model).observe(time.monotonic() - state["started"])
-        return self._install(state, digest)
+        download_seconds = time.monotonic() - state["started"]
+        metrics.DOWNLOAD_SECONDS.labels(self.model).observe(download_seconds)
+        result = self._install(state, digest)
+        result.download_seconds = download_seconds
+        return result
 
     def _fetch_small(self, host: str, name: str, state: dict) -> bytes:
         with self.source.open(host, name) as dl:

@@ -77,6 +77,7 @@ def _status_json(path: Path, suffix: str) -> dict:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # like Jetty: no 40 ms Nagle / delayed-ACK stalls on small answers
     server: "FakeHdfsServer"
 
     def log_message(self, fmt, *args):  # quiet

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class _Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True
     server: "WebhookReceiver"
 
     def log_message(self, fmt, *args):
