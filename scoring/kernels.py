@@ -22,12 +22,20 @@ import numpy as np
 from numba import njit
 
 from .kernel_config import CACHE, FASTMATH
-from .simd import make_sparse_row, make_tile
+from .simd import make_sparse_row, make_tile, prefetch_row
 
 ACT_NONE = 0
 ACT_RELU = 1
 ACT_SIGMOID = 2
 
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _bucket(h, buckets):
+    """``h % buckets`` (contract section 1), as a mask when ``buckets`` is a power of two."""
+    if buckets & (buckets - np.uint64(1)) == 0:
+        return h & (buckets - np.uint64(1))
+    return h % buckets
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
@@ -49,9 +57,21 @@ def pool_embeddings(tables, buckets, is_mean, cols, dims, ids, keys, lens, n_slo
             counts[r * n_slots + s] = 0.0
     end_key = (row0 + n_rows) * n_slots
     base = row0 * n_slots
+    n_entries = keys.shape[0]
+    # pass 1: prefetch every row this chunk will read, so the misses overlap
     e = e_start
     v = v_start
-    n_entries = keys.shape[0]
+    while e < n_entries and keys[e] < end_key:
+        s = (keys[e] - base) % n_slots
+        table = tables[s]
+        bk = buckets[s]
+        for q in range(v, v + lens[e]):
+            prefetch_row(table, _bucket(ids[q], bk))
+        v += lens[e]
+        e += 1
+    # pass 2: accumulate
+    e = e_start
+    v = v_start
     while e < n_entries and keys[e] < end_key:
         key = keys[e] - base
         r = key // n_slots
@@ -62,7 +82,7 @@ def pool_embeddings(tables, buckets, is_mean, cols, dims, ids, keys, lens, n_slo
         dim = dims[s]
         m = lens[e]
         for q in range(v, v + m):
-            row = ids[q] % bk
+            row = _bucket(ids[q], bk)
             for d in range(dim):
                 out[r, c0 + d] += table[row, d]
         counts[key] += m

@@ -158,3 +158,31 @@ def make_sparse_row(vectors: int):
         return sig, codegen
 
     return row
+
+
+_I8P = ir.IntType(8).as_pointer()
+
+
+@intrinsic
+def prefetch_row(typingctx, table, row):
+    """Hint the CPU to fetch the first two cache lines of ``table[row]`` (a gather that will
+    miss: embedding rows are scattered over tables of hundreds of MB)."""
+    if not (isinstance(table, types.Array) and table.ndim == 2 and table.layout == "C"):
+        return None
+    sig = types.void(table, row)
+
+    def codegen(context, builder, signature, args):
+        t_t, r_t = signature.args
+        arr = context.make_array(t_t)(context, builder, args[0])
+        r = context.cast(builder, args[1], r_t, types.int64)
+        stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
+        base = builder.ptrtoint(arr.data, _I64)
+        addr = builder.add(base, builder.mul(r, stride))
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_I8P, _I32, _I32, _I32]), "llvm.prefetch.p0")
+        for offset in (0, 64):
+            ptr = builder.inttoptr(builder.add(addr, _I64(offset)), _I8P)
+            builder.call(fn, [ptr, _I32(0), _I32(3), _I32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
