@@ -25,8 +25,6 @@ SMALL_BATCH = 1      # up to this many ads per chunk: axpy form with ReLU prunin
 CHUNK = 96           # ads per pass through the layers: activations stay in L2; a multiple of 6
 _ACT_CODES = {"relu": kernels.ACT_RELU, "sigmoid": kernels.ACT_SIGMOID}
 _RO_TABLE = types.Array(types.float32, 2, "C", readonly=True)
-_RW_MATRIX = types.Array(types.float32, 2, "C")
-_RW_VECTOR = types.Array(types.float32, 1, "C")
 _PAGE = 4096
 
 
@@ -43,6 +41,24 @@ def _readonly(a: np.ndarray) -> np.ndarray:
         a = a.view()
         a.flags.writeable = False
     return a
+
+
+def _flatten_layers(weights, biases, specs) -> tuple[np.ndarray, np.ndarray]:
+    """Every layer after the first in one float32 array, each piece 64-byte aligned, and a table
+    of (weight offset, in, out, bias offset, activation) rows."""
+    pieces, table, offset = [], [], 0
+    for w, b, spec in zip(weights, biases, specs):
+        row = []
+        for arr in (w, b):
+            flat = np.asarray(arr, dtype=np.float32).reshape(-1)
+            row.append(offset)
+            pad = (-flat.size) % 16
+            pieces.append(np.concatenate([flat, np.zeros(pad, np.float32)]))
+            offset += flat.size + pad
+        table.append([row[0], w.shape[0], w.shape[1], row[1], _ACT_CODES[spec.activation]])
+    params = np.concatenate(pieces) if pieces else np.zeros(16, np.float32)
+    layers = np.array(table, dtype=np.int64).reshape(-1, 5)
+    return params, layers
 
 
 @dataclass
@@ -99,11 +115,9 @@ class Engine:
         self.w_ctx = np.ascontiguousarray(w0[self.ctx_input_columns])
         self.w_ad = np.ascontiguousarray(w0[self.ad_input_columns])
         self.b0 = np.array(package.biases[0], dtype=np.float32)
-        rest_w = [np.array(w, dtype=np.float32, order="C") for w in package.weights[1:]]
-        self.ws = _typed_list(rest_w, _RW_MATRIX)
-        self.bs = _typed_list([np.array(b, dtype=np.float32) for b in package.biases[1:]],
-                              _RW_VECTOR)
-        self.acts = np.array([_ACT_CODES[layer.activation] for layer in m.layers], dtype=np.int64)
+        rest_w = [np.asarray(w, dtype=np.float32) for w in package.weights[1:]]
+        self.act0 = _ACT_CODES[m.layers[0].activation]
+        self.params, self.layers = _flatten_layers(rest_w, package.biases[1:], m.layers[1:])
         self.out0 = self.w_ad.shape[1]
         self.width = max([self.w_ad.shape[0], self.out0] + [w.shape[1] for w in rest_w])
         self._pool: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
@@ -151,7 +165,7 @@ class Engine:
             ad = self._ad
             kernels.forward(ad.tables, ad.buckets, ad.mean, ad.cols, ad.dims,
                             batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense, self.dense_col, s.c,
-                            self.w_ad, self.ws, self.bs, self.acts,
+                            self.w_ad, self.act0, self.params, self.layers,
                             batch.n_ads, s.buf_a, s.buf_b, s.counts, self.small_batch,
                             s.idx, s.vals, out)
         finally:
@@ -168,7 +182,7 @@ class Engine:
         s = self._take()
         try:
             kernels.mlp(x_ctx, self.w_ctx, self.b0, s.c, x_ad, n, self.w_ad,
-                        self.ws, self.bs, self.acts, s.buf_a, s.buf_b,
+                        self.act0, self.params, self.layers, s.buf_a, s.buf_b,
                         self.small_batch, s.idx, s.vals, out)
         finally:
             self._pool.put(s)
