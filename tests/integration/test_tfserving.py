@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from scoring.tfserving_model import TFServingScorer
 
 from ..fakes.tfserving import FakeTFServing
 from ..models import random_request
+from .server import free_port
 
 FEATURES = {"context": ["user_id", "city"], "ad": ["ad_id", "category"], "dense_dim": 3}
 
@@ -58,12 +58,6 @@ def request_of(package, n_ads, seed=0):
     for ad in ads:  # float32-exact dense values: the signature's DT_FLOAT loses nothing
         ad["dense"] = [float(np.float32(v)) for v in ad["dense"]]
     return ctx, ads
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("fmt,n_ads,over", [("row", 1, {}), ("row", 37, {}),
