@@ -222,9 +222,10 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for key, label in (("engine_full", "engine: hash + embed + MLP"), ("engine_mlp", "engine: MLP only"),
                        ("numpy_mlp", "NumPy/BLAS MLP"), ("onnxruntime_mlp", "ONNX Runtime MLP (1 thread)"),
-                       ("floor", "arithmetic floor (GEMM peak)")):
+                       ("floor", "arithmetic floor (GEMM peak)"),
+                       ("floor_split", "floor with the context split")):
         ax.plot(xs, [r[key] for r in rows], marker="o", label=label,
-                linestyle="--" if key == "floor" else "-")
+                linestyle="--" if key.startswith("floor") else "-")
     ax.axhline(SEED_JAVA_US, color="grey", linestyle=":", label="seed: custom Java, 650 us/ad")
     ax.axhline(SEED_TFSERVING_US, color="black", linestyle=":", label="seed: TF Serving, 4800 us/ad")
     ax.set_xscale("log")
