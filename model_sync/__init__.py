@@ -5,7 +5,8 @@ runs it in a thread of another program. It uses :mod:`scoring.package` and :mod:
 only, never the serving side.
 """
 
-from .background import SyncHandle, config_from_env, start_background_sync
+from .background import SyncHandle, config_from_env, start_background_sync, sync_service_from_env
 from .syncer import SyncConfig, Syncer, SyncResult
 
-__all__ = ["SyncConfig", "SyncHandle", "SyncResult", "Syncer", "config_from_env", "start_background_sync"]
+__all__ = ["SyncConfig", "SyncHandle", "SyncResult", "Syncer", "config_from_env", "start_background_sync",
+           "sync_service_from_env"]

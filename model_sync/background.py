@@ -13,6 +13,7 @@
     CTR_SYNC_ALARM_WEBHOOK URL that receives a JSON POST when a sync fails
     CTR_SYNC_TIMEOUT       seconds a request may wait (30)
     CTR_SYNC_RETRIES       retries within a cycle (3)
+    CTR_SYNC_RELOAD_WAIT   seconds the reload endpoint waits for the sync it starts (60)
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import os
 import posixpath
 import threading
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
-from .syncer import SyncConfig, Syncer, SyncResult, SyncStatus
+from .sources import open_source
+from .syncer import INSTALLED, SyncConfig, Syncer, SyncResult, SyncStatus
 from .throttle import parse_rate
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,10 @@ def config_from_env(repo: str | os.PathLike, env: Mapping[str, str] | None = Non
     if rate != "default":
         kwargs["rate_limit"] = rate
     try:
+        open_source(source).close()  # a bad URL fails here, naming the variable
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}SOURCE: {exc}") from None
+    try:
         return SyncConfig(**kwargs)
     except ValueError as exc:
         raise ValueError(f"{ENV_PREFIX}*: {exc}") from None
@@ -66,8 +72,11 @@ def config_from_env(repo: str | os.PathLike, env: Mapping[str, str] | None = Non
 class SyncHandle:
     """A syncer polling in a daemon thread."""
 
-    def __init__(self, syncer: Syncer) -> None:
+    def __init__(self, syncer: Syncer, *, on_installed: Callable[[str, str], None] | None = None,
+                 reload_wait: float = 60.0) -> None:
         self.syncer = syncer
+        self.on_installed = on_installed
+        self.reload_wait = reload_wait
         self._wake = threading.Event()
         self._cond = threading.Condition()
         self._requested = 0   # sync_now() calls so far
@@ -92,14 +101,31 @@ class SyncHandle:
             self._in_cycle = self._requested
 
     def _on_result(self, result: SyncResult) -> None:
+        if result.status == INSTALLED and self.on_installed is not None:
+            try:  # e.g. tell the registry to look now instead of at its next poll
+                self.on_installed(self.model, result.version or "")
+            except Exception:
+                log.exception("model %r: on_installed callback failed", self.model)
         with self._cond:
             self._answered = self._in_cycle
             self._last = result
             self._cond.notify_all()
 
     def start(self) -> "SyncHandle":
-        self._thread.start()
+        if not self._thread.is_alive() and not self.syncer.stop_event.is_set():
+            self._thread.start()
         return self
+
+    def before_reload(self, name: str) -> dict | None:
+        """For ``POST /v1/models/{name}/reload``: sync ``name`` now and say what happened (waits
+        up to ``reload_wait`` seconds; a longer download goes on and installs when done)."""
+        if name != self.model or not self._thread.is_alive():
+            return None
+        result = self.sync_now(self.reload_wait)
+        if result is None:
+            return {"status": "running", "message": f"still downloading after {self.reload_wait:.0f}s; "
+                    "the new version goes live when it is installed"}
+        return {"status": result.status, "message": result.message, "version": result.version}
 
     def trigger(self) -> None:
         """Start a cycle now instead of at the next poll (returns at once)."""
@@ -123,8 +149,31 @@ class SyncHandle:
         self.syncer.close()
 
 
-def start_background_sync(config: SyncConfig) -> SyncHandle:
-    """Start polling ``config.source`` into ``config.repo`` from a daemon thread."""
-    handle = SyncHandle(Syncer(config)).start()
-    log.info("in-process model sync started for model %r from %s", config.model, handle.syncer.source.describe())
+def start_background_sync(config: SyncConfig, *, on_installed: Callable[[str, str], None] | None = None,
+                          reload_wait: float = 60.0, start: bool = True) -> SyncHandle:
+    """A :class:`SyncHandle` polling ``config.source`` into ``config.repo`` from a daemon thread
+    (``start=False``: the caller starts it, e.g. with the app's lifespan). ``on_installed(model,
+    version)`` is called after each newly installed version."""
+    handle = SyncHandle(Syncer(config), on_installed=on_installed, reload_wait=reload_wait)
+    if start:
+        handle.start()
+        log.info("in-process model sync started for model %r from %s", config.model,
+                 handle.syncer.source.describe())
     return handle
+
+
+def sync_service_from_env(repo: str | os.PathLike, env: Mapping[str, str] | None = None, *,
+                          on_installed: Callable[[str, str], None] | None = None) -> SyncHandle | None:
+    """What ``ctr-serve`` runs in-process: a not-yet-started :class:`SyncHandle` built from
+    ``CTR_SYNC_*`` (None when ``CTR_SYNC_SOURCE`` is unset). Its ``start``/``stop`` go with the
+    app's lifespan and ``before_reload`` with the reload endpoint."""
+    env = os.environ if env is None else env
+    config = config_from_env(repo, env)
+    if config is None:
+        return None
+    raw_wait = env.get(ENV_PREFIX + "RELOAD_WAIT", "").strip() or "60"
+    try:
+        reload_wait = float(raw_wait)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}RELOAD_WAIT={raw_wait!r}: expected seconds") from None
+    return start_background_sync(config, on_installed=on_installed, reload_wait=reload_wait, start=False)

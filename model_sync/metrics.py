@@ -6,7 +6,7 @@ own ``/metrics``; the ``ctr-sync`` daemon serves them with ``--metrics-port``.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 CYCLES = Counter("ctr_sync_cycles_total", "Sync cycles by result (unchanged, installed, failed, skipped)",
                  ["model", "result"])
@@ -24,6 +24,19 @@ DOWNLOAD_SECONDS = Histogram("ctr_sync_download_duration_seconds",
                              buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
 FAILOVERS = Counter("ctr_sync_failovers_total", "Moves to another host after a retriable error", ["model"])
 ALARMS = Counter("ctr_sync_alarms_total", "Alarms raised (cycles that failed after all retries)", ["model"])
+
+
+COLLECTORS = (CYCLES, CONSECUTIVE_FAILURES, LAST_SUCCESS, LAST_INSTALL, BYTES, CYCLE_SECONDS, DOWNLOAD_SECONDS,
+              FAILOVERS, ALARMS)
+
+
+def register(registry: CollectorRegistry) -> None:
+    """Also expose the sync metrics on another registry (a service's own /metrics)."""
+    for collector in COLLECTORS:
+        try:
+            registry.register(collector)
+        except ValueError:  # already there
+            pass
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:

@@ -257,8 +257,9 @@ class Syncer:
             raise SyncError(f"remote package: {exc}", retriable=False) from None
         version = manifest.version
         if manifest.name != self.model:
-            log.warning("model %r: the remote manifest names model %r; installing it as %r",
-                        self.model, manifest.name, self.model)
+            raise SyncError(f"remote {MANIFEST}: name {manifest.name!r} does not match the model "
+                            f"name {self.model!r} (--model / CTR_SYNC_MODEL); the service would refuse it",
+                            retriable=False)
         if self.repo.path(self.model, version).exists():
             raise SyncError(f"remote version {version!r} differs from the installed {version!r} "
                             f"({CHECKSUMS} differ); each export needs a new version in {MANIFEST}",

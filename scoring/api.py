@@ -34,7 +34,11 @@ JSON = "application/json"
 
 
 class Service(Protocol):
-    """Something the app starts and stops with itself (the registry's poller, a model syncer)."""
+    """Something the app starts and stops with itself (the registry's poller, a model syncer).
+
+    A service may also have ``before_reload(name) -> dict | None``: the reload endpoint calls it
+    first (the in-process model syncer fetches a new version there) and reports what it returns
+    under ``"sync"``."""
 
     def start(self) -> None: ...
 
@@ -209,7 +213,12 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
               **ADMIN_DOC)
     def reload_model(name: str, request: Request) -> Response:
         admin(request)
-        return json_response(plane.reload(name))
+        hooks = [getattr(s, "before_reload", None) for s in services]
+        synced = [r for hook in hooks if hook is not None and (r := hook(name)) is not None]
+        out = plane.reload(name)
+        if synced:
+            out["sync"] = synced[0]
+        return json_response(out)
 
     @app.post("/v1/models/{name}/rollback", summary="Admin: go back to the previous version",
               **ADMIN_DOC)

@@ -5,8 +5,8 @@ environment before uvicorn starts, so with ``--workers N`` every worker process 
 settings in :func:`app_factory`. Workers map the same package files, so the tables are in memory
 once (the page cache) however many workers there are.
 
-An in-process model syncer (``ctr-sync`` in the same process) would be built here and handed to
-:func:`scoring.api.create_app` as one of its ``services``.
+With ``CTR_SYNC_SOURCE`` set, an in-process model syncer (``ctr-sync`` in the same process) is
+built here and handed to :func:`scoring.api.create_app` as one of its ``services``.
 """
 
 from __future__ import annotations
@@ -108,11 +108,30 @@ def build_app(settings: Settings):
     registry = Registry(ModelRepo(settings.model_repo), models=models, default_model=default,
                         keep=settings.keep_versions, poll_interval=settings.poll_interval,
                         metrics=metrics)
+    sync = in_process_sync(settings, registry, metrics)
     if config is None:
-        return create_app(settings, registry, metrics=metrics)
+        return create_app(settings, registry, metrics=metrics, services=sync)
     setup = setup_models(config, registry, metrics.registry)  # TF Serving models, experiments
-    return create_app(settings, registry, metrics=metrics, services=setup.services,
+    return create_app(settings, registry, metrics=metrics, services=[*sync, *setup.services],
                       default_route=setup.default_route)
+
+
+def in_process_sync(settings: Settings, registry, metrics) -> list:
+    """With ``CTR_SYNC_SOURCE`` set, a model syncer (``model_sync``) runs in this process: started
+    and stopped with the app, asked first by the reload endpoint, and the registry looks at the
+    repository as soon as it installs a version. With ``--workers N`` every worker runs one; a file
+    lock lets only one of them download."""
+    if not os.environ.get("CTR_SYNC_SOURCE"):
+        return []
+    from model_sync import metrics as sync_metrics
+    from model_sync import sync_service_from_env
+
+    def installed(name: str, version: str) -> None:
+        registry.sync(name)
+
+    handle = sync_service_from_env(settings.model_repo, on_installed=installed)
+    sync_metrics.register(metrics.registry)
+    return [handle] if handle is not None else []
 
 
 def app_factory():
@@ -150,6 +169,14 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
             load_models_config(settings.models_config)
         except ConfigError as exc:
             print(f"ctr-serve: invalid models config: {exc}", file=sys.stderr)
+            return 2
+    if os.environ.get("CTR_SYNC_SOURCE"):
+        from model_sync import config_from_env
+
+        try:  # in-process model sync (CTR_SYNC_*): fail here with the variable named
+            config_from_env(settings.model_repo)
+        except ValueError as exc:
+            print(f"ctr-serve: invalid settings: {exc}", file=sys.stderr)
             return 2
     ensure_demo(settings)
     if settings.workers > 1:
