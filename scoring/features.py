@@ -6,10 +6,11 @@ and run-length ``keys``/``lens``: entry ``e`` says ``lens[e]`` consecutive ids b
 ``keys[e] = row * n_slots + slot``. The kernels add table row ``id % buckets`` into that row's
 slot, so nothing is sorted or grouped here. Context groups are encoded once per request (row 0).
 
-The happy path formats no strings and checks types with ``type() is``; only when something is
-wrong does a second, slow pass find the first bad value and name it, e.g.
-``ads[3].features.category[1]``. String ids are memoised (bounded), since ad traffic repeats the
-same values (cities, categories, hours, popular ads) over and over.
+The happy path is one Python pass that only collects values (no per-value call, no string
+formatting), then one ``str.join`` + ``encode`` of every string of the request and one compiled
+call that hashes them all (:mod:`scoring.xxh64`). Integer ids and mixed lists take a slower,
+still vectorised path. Only when something is wrong does a second pass find the first bad value
+and name it, e.g. ``ads[3].features.category[1]``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from xxhash import xxh64_intdigest
 
 from .errors import InvalidRequest
 from .package import GroupSpec
+from .xxh64 import hash_joined
 
 MAX_ID = 2**64 - 1
-_CACHE_MAX = 1 << 18
-_id_cache: dict[Any, int] = {}
 
 
 def hash_string(value: str) -> int:
@@ -37,24 +37,45 @@ class _BadValue(Exception):
     """Raised inside the fast path; the slow path then names the bad field."""
 
 
-def _miss(value: Any) -> int:
-    """Id of a value not in the memo: hash a string (and remember it), pass a valid int through."""
-    t = type(value)
-    if t is str:
+def hash_values(values: list[Any]) -> np.ndarray:
+    """The uint64 ids of a flat list of feature values (strings and/or integer ids).
+
+    Raises ``_BadValue`` (or TypeError/OverflowError) when a value is neither; the caller then
+    explains which one."""
+    n = len(values)
+    out = np.empty(n, dtype=np.uint64)
+    if n == 0:
+        return out
+    try:
+        joined = "\x00".join(values).encode("utf-8")
+    except (TypeError, UnicodeEncodeError):
+        return _hash_mixed(values, out)
+    if hash_joined(np.frombuffer(joined, dtype=np.uint8), out) != n:
+        return _hash_mixed(values, out)  # a string held a NUL byte
+    return out
+
+
+def _hash_mixed(values: list[Any], out: np.ndarray) -> np.ndarray:
+    """Integer ids, mixed lists, strings with NUL bytes: still one compiled call for strings."""
+    is_str = np.fromiter((type(v) is str for v in values), dtype=np.bool_, count=len(values))
+    strs = [v for v in values if type(v) is str]
+    ints = [v for v in values if type(v) is not str]
+    for v in ints:
+        if type(v) is not int:
+            raise _BadValue
+    if ints and (min(ints) < 0 or max(ints) > MAX_ID):
+        raise _BadValue
+    out[~is_str] = np.array(ints, dtype=np.uint64)
+    if strs:
+        hashed = np.empty(len(strs), dtype=np.uint64)
         try:
-            h = xxh64_intdigest(value.encode("utf-8"))
+            joined = "\x00".join(strs).encode("utf-8")
         except UnicodeEncodeError:
             raise _BadValue from None
-        if len(_id_cache) >= _CACHE_MAX:
-            _id_cache.clear()
-        _id_cache[value] = h
-        return h
-    if t is int and 0 <= value <= MAX_ID:
-        return value
-    raise _BadValue
-
-
-_get = _id_cache.get
+        if hash_joined(np.frombuffer(joined, dtype=np.uint8), hashed) != len(strs):
+            hashed = np.array([xxh64_intdigest(v.encode("utf-8")) for v in strs], dtype=np.uint64)
+        out[is_str] = hashed
+    return out
 
 
 def feature_id(value: Any, where: str) -> int:
@@ -100,23 +121,21 @@ class EncodedBatch:
     n_ads: int
 
 
-def _encode_groups(ids: list[int], keys: list[int], lens: list[int], values: Any,
-                   slots: dict[str, int], base: int) -> None:
-    """Append the ids of one mapping of group -> value(s) (the hot loop: no calls it can avoid).
+def _collect(values: list[Any], keys: list[int], lens: list[int], groups: Any,
+             slots: dict[str, int], base: int) -> None:
+    """Append the values of one mapping of group -> value(s) (the hot loop: nothing it can avoid).
 
-    An unknown group makes ``base + None`` raise TypeError; a bad value raises in ``_miss``."""
-    get = _get
-    miss = _miss
-    add_id = ids.append
+    An unknown group makes ``base + None`` raise TypeError; values are checked when hashed."""
+    add = values.append
+    extend = values.extend
     add_len = lens.append
     slot_of = slots.get
-    for name, value in values.items():
+    for name, value in groups.items():
         if type(value) is list:
-            for v in value:
-                add_id(get(v) or miss(v))
+            extend(value)
             add_len(len(value))
         else:
-            add_id(get(value) or miss(value))
+            add(value)
             add_len(1)
         keys.append(base + slot_of(name))
 
@@ -141,12 +160,12 @@ class FeatureLayout:
             raise InvalidRequest("request: invalid feature values") from None
 
     def _encode(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> EncodedBatch:
-        c_ids: list[int] = []
+        values: list[Any] = []
         c_keys: list[int] = []
         c_lens: list[int] = []
         if context:
-            _encode_groups(c_ids, c_keys, c_lens, context, self.ctx_slot, 0)
-        ids: list[int] = []
+            _collect(values, c_keys, c_lens, context, self.ctx_slot, 0)
+        n_ctx = len(values)
         keys: list[int] = []
         lens: list[int] = []
         slots = self.ad_slot
@@ -161,7 +180,7 @@ class FeatureLayout:
                 features = ad.features
                 dense = ad.dense
             if features:
-                _encode_groups(ids, keys, lens, features, slots, row * n_slots)
+                _collect(values, keys, lens, features, slots, row * n_slots)
             if dense_dim:
                 if type(dense) is not list or len(dense) != dense_dim:
                     raise _BadValue
@@ -178,10 +197,11 @@ class FeatureLayout:
             dense_arr = np.array(dense_rows, dtype=np.float32).reshape(n_ads, dense_dim)
         else:
             dense_arr = np.zeros((n_ads, 0), dtype=np.float32)
+        ids = hash_values(values)
         i64 = np.int64
         return EncodedBatch(
-            np.array(c_ids, dtype=np.uint64), np.array(c_keys, dtype=i64), np.array(c_lens, dtype=i64),
-            np.array(ids, dtype=np.uint64), np.array(keys, dtype=i64), np.array(lens, dtype=i64),
+            ids[:n_ctx], np.array(c_keys, dtype=i64), np.array(c_lens, dtype=i64),
+            ids[n_ctx:], np.array(keys, dtype=i64), np.array(lens, dtype=i64),
             dense_arr, n_ads)
 
     # -- the slow pass: find and name the first bad field ---------------------------------

@@ -64,3 +64,22 @@ def test_ints_and_bools_are_not_confused():
         lay.encode({}, [{"features": {"ad_id": [True]}, "dense": [0]}])
     with pytest.raises(InvalidRequest, match="ads\\[0\\].dense\\[0\\]: expected a number, got a boolean"):
         lay.encode({}, [{"features": {}, "dense": [False]}])
+
+
+def test_compiled_xxh64_matches_the_xxhash_package_on_every_branch():
+    from scoring.features import hash_values
+    rng = np.random.default_rng(0)
+    alphabet = list("abcxyz0189_-:/") + ["é", "北", "🚀"]
+    strings = ["", "a", "北京"] + ["".join(rng.choice(alphabet, size=n)) for n in range(1, 140)]
+    got = hash_values(strings)
+    assert got.tolist() == [xxhash.xxh64_intdigest(s.encode("utf-8")) for s in strings]
+
+
+def test_strings_with_nul_bytes_and_mixed_lists_hash_one_by_one():
+    from scoring.features import hash_values
+    values = ["a\x00b", "plain", 7, 2**64 - 1, "\x00", ""]
+    want = [xxhash.xxh64_intdigest(b"a\x00b"), hash_string("plain"), 7, 2**64 - 1,
+            xxhash.xxh64_intdigest(b"\x00"), hash_string("")]
+    assert hash_values(values).tolist() == want
+    assert hash_values([1, 2, 3]).tolist() == [1, 2, 3]
+    assert hash_values([]).tolist() == []
