@@ -1,7 +1,8 @@
 """The HTTP API (contract section 3): one route table built by :func:`create_app`.
 
 Endpoints only do HTTP (content type, body size, admin auth, status codes) and hand over to
-:class:`~scoring.dataplane.DataPlane`. Every :class:`~scoring.errors.ScoringError` becomes
+:class:`~scoring.dataplane.DataPlane`; the two score endpoints are plain ASGI
+(:mod:`scoring.fastpath`) in front of the routes, and are added to the OpenAPI document here. Every :class:`~scoring.errors.ScoringError` becomes
 ``{"error": message}`` with its status; anything unexpected is logged with its traceback and
 answered with a generic 500 that leaks nothing.
 """
@@ -22,10 +23,11 @@ from starlette.responses import Response
 
 from . import __version__
 from .dataplane import DataPlane, DefaultRoute
-from .errors import Forbidden, MalformedRequest, PayloadTooLarge, ScoringError, Unauthorized
+from .errors import Forbidden, ScoringError, Unauthorized
+from .fastpath import ScoreFastPath
 from .metrics import Metrics
 from .registry import Registry
-from .schemas import openapi_components
+from .schemas import error_json, openapi_components
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,39 +52,10 @@ def json_response(content: Any, status_code: int = 200, headers: dict[str, str] 
 
 
 def error_response(message: str, status_code: int, headers: dict[str, str] | None = None) -> Response:
-    return json_response({"error": message}, status_code, headers)
+    return Response(error_json(message), status_code=status_code, media_type=JSON, headers=headers)
 
 
-# -- request checks -------------------------------------------------------------------------------
-
-
-def check_content_type(request: Request) -> None:
-    """JSON only; a missing Content-Type is taken as JSON (simple clients omit it)."""
-    ctype = request.headers.get("content-type")
-    if ctype is None:
-        return
-    media = ctype.split(";", 1)[0].strip().lower()
-    if media != JSON and not media.endswith("+json"):
-        raise ScoringError(f"Content-Type: expected {JSON}, got {ctype!r}", 415)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing more than ``limit`` bytes before reading it when it says its size."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            n = int(length)
-        except ValueError:
-            raise MalformedRequest(f"Content-Length: expected an integer, got {length!r}") from None
-        if n > limit:
-            raise PayloadTooLarge(f"body: {n} bytes, more than {limit} (CTR_MAX_BODY_BYTES)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body: more than {limit} bytes (CTR_MAX_BODY_BYTES)")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+# -- admin auth ----------------------------------------------------------------------------------
 
 
 class AdminAuth:
@@ -117,24 +90,38 @@ SCORE_EXAMPLE = {
     "ads": [{"id": "a1", "features": {"ad_id": "a1", "category": ["hotpot", "bbq"]}},
             {"id": "a2", "features": {"ad_id": 1234567890123}}],
 }
-SCORE_DOC = {
-    "openapi_extra": {"requestBody": {"required": True, "content": {JSON: {
-        "schema": {"$ref": "#/components/schemas/ScoreRequest"}, "example": SCORE_EXAMPLE}}}},
-    "responses": {
-        200: {"description": "One pCTR per ad, in request order",
-              "content": {JSON: {"schema": {"$ref": "#/components/schemas/ScoreResponse"},
-                                 "example": {"model": "ctr", "version": "20261122.1",
-                                             "scores": [0.0132, 0.0071], "request_id": "r-1"}}}},
-        400: _error_doc("Not JSON"),
-        404: _error_doc("Unknown model"),
-        413: _error_doc("Too many ads, values in a group, or body bytes"),
-        415: _error_doc("Not a JSON content type"),
-        422: _error_doc("Valid JSON that does not fit the schema or the model (unknown group, "
-                        "dense length, non-finite number, id out of range)"),
-        503: _error_doc("The model is not loaded yet"),
-    },
-    "response_class": Response,
+SCORE_RESPONSES = {
+    "200": {"description": "One pCTR per ad, in request order",
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/ScoreResponse"},
+                               "example": {"model": "ctr", "version": "20261122.1",
+                                           "scores": [0.0132, 0.0071], "request_id": "r-1"}}}},
+    "400": _error_doc("Not JSON"),
+    "404": _error_doc("Unknown model"),
+    "413": _error_doc("Too many ads (CTR_MAX_ADS), values in a group (CTR_MAX_VALUES_PER_GROUP) "
+                      "or body bytes (CTR_MAX_BODY_BYTES)"),
+    "415": _error_doc("Not a JSON content type"),
+    "422": _error_doc("Valid JSON that does not fit the schema or the model (unknown group, "
+                      "dense length, non-finite number, id out of range)"),
+    "503": _error_doc("The model is not loaded yet"),
 }
+
+
+def score_operation(named: bool) -> dict[str, Any]:
+    """OpenAPI for a score endpoint (answered by :class:`ScoreFastPath`, not a FastAPI route)."""
+    op: dict[str, Any] = {
+        "summary": "Score ads with a named model" if named else
+                   "Score ads with the default model (or the experiment split)",
+        "operationId": "score_named" if named else "score_default",
+        "requestBody": {"required": True, "content": {JSON: {
+            "schema": {"$ref": "#/components/schemas/ScoreRequest"}, "example": SCORE_EXAMPLE}}},
+        "responses": SCORE_RESPONSES,
+    }
+    if named:
+        op["parameters"] = [{"name": "name", "in": "path", "required": True,
+                             "schema": {"type": "string"}, "description": "The model's name"}]
+    return op
+
+
 ADMIN_DOC = {"responses": {401: _error_doc("Wrong or missing bearer token"),
                            403: _error_doc("Admin endpoints disabled (CTR_ADMIN_TOKEN unset)"),
                            404: _error_doc("Unknown model"),
@@ -147,6 +134,8 @@ def _install_openapi(app: FastAPI, components: dict[str, Any]) -> None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            schema["paths"] = {"/v1/models/{name}/score": {"post": score_operation(True)},
+                               "/v1/score": {"post": score_operation(False)}, **schema["paths"]}
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -185,19 +174,7 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
     app.state.plane = plane
     app.state.registry = registry
 
-    # -- score ---------------------------------------------------------------------------------
-
-    @app.post("/v1/models/{name}/score", summary="Score ads with a named model", **SCORE_DOC)
-    async def score_named(name: str, request: Request) -> Response:
-        check_content_type(request)
-        body = await read_body(request, max_body)
-        return Response(await plane.score(body, name), media_type=JSON)
-
-    @app.post("/v1/score", summary="Score ads with the default model", **SCORE_DOC)
-    async def score_default(request: Request) -> Response:
-        check_content_type(request)
-        body = await read_body(request, max_body)
-        return Response(await plane.score(body), media_type=JSON)
+    # POST /v1/score and /v1/models/{name}/score: ScoreFastPath below (plain ASGI, no route)
 
     # -- models --------------------------------------------------------------------------------
 
@@ -273,4 +250,5 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
         return error_response("internal error; the service logged the details", 500)
 
     _install_openapi(app, openapi_components(settings.max_values_per_group))
+    app.add_middleware(ScoreFastPath, plane=plane, max_body=max_body)
     return app

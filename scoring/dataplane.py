@@ -1,6 +1,11 @@
 """What the endpoints do, apart from HTTP: decode, check limits, pick the model, score, encode,
 count. The score path is hot: no logging, no per-request allocation it can avoid, one JSON
 decode (msgspec) and one encode (orjson, float32 scores written in their shortest form).
+
+Scoring runs inline on the event loop, not in a thread pool: with one worker process per core
+there is no idle core for a pool thread to use, and the hop cost throughput. Measured on one
+core with 100-ad demo requests (wrk, 8 connections): about 945 requests/s inline against
+700-770 through ``anyio.to_thread``. Model loads run in the registry's own thread.
 """
 
 from __future__ import annotations

@@ -147,6 +147,11 @@ def _kind(v: Any) -> str:
     return {dict: "an object", list: "a list", float: f"a float ({v!r})"}.get(type(v), type(v).__name__)
 
 
+def error_json(message: str) -> bytes:
+    """The body of every error answer."""
+    return orjson.dumps({"error": message})
+
+
 def openapi_components(max_values: int) -> dict[str, Any]:
     """JSON Schemas of the score bodies, for the OpenAPI document's ``components.schemas``."""
     request, _ = request_types(max_values)

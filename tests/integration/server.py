@@ -49,14 +49,18 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                log = self.log()
+                self.stop()
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{log}")
             try:
                 if self.client.get(path, timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        raise AssertionError(f"server not answering 200 on {path} after {timeout}s:\n{self.log()}")
+        log = self.log()
+        self.stop()
+        raise AssertionError(f"server not answering 200 on {path} after {timeout}s:\n{log}")
 
     def wait_for_version(self, name: str, version: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
