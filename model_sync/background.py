@@ -94,6 +94,7 @@ class SyncHandle:
         return self.syncer.status
 
     def _run(self) -> None:
+        _lower_thread_priority()
         self.syncer.run_forever(self._wake, on_result=self._on_result, on_start=self._on_start)
 
     def _on_start(self) -> None:
@@ -147,6 +148,14 @@ class SyncHandle:
         self._wake.set()
         self._thread.join(timeout)
         self.syncer.close()
+
+
+def _lower_thread_priority(niceness: int = 10) -> None:
+    """Downloads run beside the request path: let requests win the CPU (Linux: per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
 
 
 def start_background_sync(config: SyncConfig, *, on_installed: Callable[[str, str], None] | None = None,

@@ -190,6 +190,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         sent = 0
         with open(local, "rb") as fh:
+            if drop_at is None and not corrupt:  # the plain case: zero-copy, little CPU
+                try:
+                    sent = self.connection.sendfile(fh, offset, length)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+                self._count(hdfs_path, sent)
+                return
             fh.seek(offset)
             while sent < length:
                 block = fh.read(min(CHUNK, length - sent))
@@ -259,3 +266,23 @@ def closed_port() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"127.0.0.1:{port}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.fakes.hdfs --root DIR [--role httpfs]``: serve until killed; prints the
+    address on the first line (for benchmarks that want the server in its own process)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--root", required=True)
+    p.add_argument("--role", default="httpfs", choices=["httpfs"])
+    args = p.parse_args(argv)
+    srv = FakeHdfsServer(Path(args.root), args.role)
+    print(srv.address, flush=True)
+    sys.stdout.close()
+    srv.serve_forever(poll_interval=0.2)
+
+
+if __name__ == "__main__":
+    main()
