@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from .repo import ModelRepo
 log = logging.getLogger(__name__)
 
 NATIVE = "native"
+SWITCH_INTERVAL = 0.001  # seconds; see Registry.start
 
 
 class Scorer(Protocol):
@@ -331,6 +333,10 @@ class Registry:
         """Load what the repository holds, then poll it every ``poll_interval`` seconds."""
         if self._thread is not None:
             return
+        # Loads hold the GIL in stretches (numpy headers, the JIT dispatcher, layout). A waiting
+        # thread gets it back after the switch interval: 5 ms by default, 1 ms here, so the
+        # event loop is never kept from requests for long while a new version loads beside it.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="model-registry", daemon=True)
         self._thread.start()

@@ -1,0 +1,220 @@
+"""HTTP benchmark: ``ctr-serve`` vs a plain FastAPI + ONNX Runtime service on the demo model.
+
+    python -m bench.http [--quick] [--json PATH]
+
+Each server runs on one core (``taskset -c 0``); the load generators run on the other. Requests
+carry 100 ads of the demo model (8 context + 8 ad groups, 1-3 string values each), cycling
+through 64 prepared bodies. For each service: the maximum throughput (wrk, closed loop, 8
+connections), then latency percentiles at 25, 50 and 75 % of that maximum from the open-loop
+generator (``bench/loadgen.py``: fixed schedule, latency from the scheduled start). The scores
+of both services are first checked against the NumPy reference. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from scoring.demo import write_demo  # noqa: E402
+from scoring.features import FeatureLayout  # noqa: E402
+from scoring.package import load_package  # noqa: E402
+from scoring.reference import reference_scores  # noqa: E402
+from scoring.repo import ModelRepo  # noqa: E402
+
+from .engine import RESULTS, request  # noqa: E402
+from .loadgen import calibrate, http_request, open_loop, pin, wrk  # noqa: E402
+from .procmem import current_rss  # noqa: E402
+
+HOST = "127.0.0.1"
+N_ADS = 100
+N_BODIES = 64
+FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def demo_repo(root: Path, version: str = "seed0", seed: int = 0) -> Path:
+    """A repository holding the demo model (written once, reused)."""
+    repo = ModelRepo(root)
+    if not (repo.path("demo", version) / "checksums.md5").is_file():
+        staged = repo.staging_dir("demo")
+        write_demo(staged, seed=seed, version=version)
+        repo.install("demo", staged, version)
+    return repo.path("demo", version)
+
+
+def make_bodies(package_dir: Path, n: int = N_BODIES, n_ads: int = N_ADS,
+                seed: int = 1) -> tuple[list[dict], list[bytes]]:
+    pkg = load_package(package_dir, verify=False, finite=False)
+    layout = SimpleNamespace(layout=FeatureLayout(pkg.manifest.groups, pkg.manifest.dense_dim))
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n):
+        ctx, ads = request(rng, layout, n_ads)
+        docs.append({"request_id": f"b{i}", "context": ctx, "ads": ads})
+    return docs, [json.dumps(d, separators=(",", ":")).encode() for d in docs]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], port: int, ready: str, cpu: int | None, log: Path,
+          timeout: float = 180) -> subprocess.Popen:
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd} exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://{HOST}:{port}{ready}", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"{cmd} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def check_scores(port: int, docs: list[dict], package_dir: Path) -> float:
+    """Largest |score - reference| over a few bodies; exits if a service is wrong."""
+    pkg = load_package(package_dir, verify=False, finite=False)
+    worst = 0.0
+    for doc in docs[:3]:
+        r = httpx.post(f"http://{HOST}:{port}/v1/score", json=doc, timeout=30)
+        r.raise_for_status()
+        want = reference_scores(pkg, doc["context"], doc["ads"])
+        worst = max(worst, float(np.abs(np.asarray(r.json()["scores"]) - want).max()))
+    if worst > 1e-4:
+        raise SystemExit(f"service on port {port} disagrees with the reference by {worst}")
+    return worst
+
+
+def measure(port: int, bodies: list[bytes], *, max_seconds: float, rate_seconds: float,
+            client_cpu: int | None) -> dict:
+    url = f"http://{HOST}:{port}"
+    wrk(url, "/v1/score", bodies, seconds=2, cpu=client_cpu)  # warm caches and the allocator
+    peak = wrk(url, "/v1/score", bodies, seconds=max_seconds, cpu=client_cpu)
+    out = {"max_rps": peak.requests_per_s, "max_ads_per_s": peak.requests_per_s * N_ADS,
+           "max_latency_ms": peak.latency_ms, "max_non_2xx": peak.non_2xx + peak.errors,
+           "at": {}}
+    reqs = [http_request(HOST, port, "/v1/score", b) for b in bodies]
+    for frac in FRACTIONS:
+        rate = max(1.0, peak.requests_per_s * frac)
+        res = open_loop(HOST, port, reqs, rate=rate, seconds=rate_seconds)
+        out["at"][f"{int(frac * 100)}%"] = {
+            "rate": round(rate, 1), "achieved": round(res.achieved, 1), "non_200": res.non_200,
+            "max_send_lag_ms": round(res.max_send_lag * 1e3, 3), "connections": res.connections,
+            **{k: round(v, 3) for k, v in res.percentiles().items()}}
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    quick = args.quick
+    max_s, rate_s = (3, 3) if quick else (10, 10)
+    package_dir = demo_repo(RESULTS / "http-repo")
+    docs, bodies = make_bodies(package_dir)
+    server_cpu, client_cpu = (0, 1) if (os.cpu_count() or 1) > 1 else (None, None)
+    logs = RESULTS
+    result: dict = {"n_ads": N_ADS, "body_bytes": int(np.mean([len(b) for b in bodies])),
+                    "quick": quick, "cpus": os.cpu_count()}
+
+    port = free_port()
+    ours = start([sys.executable, "-m", "scoring", "--model-repo", str(package_dir.parents[1]),
+                  "--port", str(port), "--log-level", "warning"], port, "/readyz", server_cpu,
+                 logs / "http-ours.log")
+    try:
+        pin(client_cpu)
+        result["ours_max_abs_error"] = check_scores(port, docs, package_dir)
+        result["generator_floor_ms"] = {k: round(v, 3) for k, v in calibrate(HOST, port).items()}
+        result["ours"] = measure(port, bodies, max_seconds=max_s, rate_seconds=rate_s,
+                                 client_cpu=client_cpu)
+        result["ours"]["rss_mb"] = current_rss(ours.pid) >> 20
+    finally:
+        stop(ours)
+
+    port = free_port()
+    base = start([sys.executable, "-m", "bench.baseline_service", "--package", str(package_dir),
+                  "--port", str(port)], port, "/healthz", server_cpu, logs / "http-baseline.log")
+    try:
+        result["baseline_max_abs_error"] = check_scores(port, docs, package_dir)
+        result["baseline"] = measure(port, bodies, max_seconds=max_s, rate_seconds=rate_s,
+                                     client_cpu=client_cpu)
+        result["baseline"]["rss_mb"] = current_rss(base.pid) >> 20
+    finally:
+        stop(base)
+    o, b = result["ours"], result["baseline"]
+    result["ratios"] = {
+        "throughput": round(o["max_rps"] / b["max_rps"], 2),
+        **{f"p99_at_{k}": round(b["at"][k]["p99"] / o["at"][k]["p99"], 2) for k in o["at"]},
+    }
+    return result
+
+
+def report(r: dict) -> str:
+    lines = [f"100-ad requests ({r['body_bytes']} bytes), server on 1 core, generator on another; "
+             f"open-loop generator floor (GET /healthz): p50 {r['generator_floor_ms'].get('p50', 0):.3f} ms, "
+             f"p99 {r['generator_floor_ms'].get('p99', 0):.3f} ms", "",
+             "| service | max req/s | max ads/s | load | rate | p50 ms | p90 ms | p99 ms | p99.9 ms | non-200 |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for name in ("ours", "baseline"):
+        s = r[name]
+        label = "ctr-serve" if name == "ours" else "FastAPI + ONNX Runtime"
+        for i, (frac, a) in enumerate(s["at"].items()):
+            head = (f"| {label} | {s['max_rps']:.0f} | {s['max_ads_per_s']:.0f} |" if i == 0
+                    else "| | | |")
+            lines.append(f"{head} {frac} | {a['achieved']:.0f} | {a['p50']:.2f} | {a['p90']:.2f} | "
+                         f"{a['p99']:.2f} | {a['p99.9']:.2f} | {a['non_200']} |")
+    lines += ["", f"ratios (ours / baseline): throughput {r['ratios']['throughput']}x; p99 "
+              + ", ".join(f"{k.removeprefix('p99_at_')}: {v}x lower" for k, v in r["ratios"].items()
+                          if k.startswith("p99"))]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3-s phases (under a minute)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = run(args)
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    print(report(result))
+    print(f"\n(wall time {result['wall_seconds']} s)")
+    path = args.json or RESULTS / ("http-quick.json" if args.quick else "http.json")
+    path.write_text(json.dumps(result, indent=2))
+    print(f"figures: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Hot-swap benchmark: steady load on ``ctr-serve``, then 5 swaps to new demo versions.
+
+    python -m bench.swap [--quick] [--rate R] [--json PATH]
+
+The server runs on one core (``taskset -c 0``), this script and its open-loop generator on the
+other. The load is 100-ad requests at a fixed rate (default: half of the maximum wrk measures
+first). After a steady phase, five new versions of the demo model (same size, other seeds) are
+installed one after another the way the syncer installs them (one rename into the repository);
+the server picks each up at its next poll, validates, loads and warms it beside the serving path,
+and swaps. Reported: non-200 responses, p99 in 1-s windows while a swap is under way against the
+steady p99, and the server's peak RSS during the swaps against its steady RSS and the model size.
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from scoring.demo import write_demo  # noqa: E402
+from scoring.package import load_package  # noqa: E402
+from scoring.repo import ModelRepo  # noqa: E402
+
+from .engine import RESULTS  # noqa: E402
+from .http import HOST, free_port, make_bodies, start, stop  # noqa: E402
+from .loadgen import OpenLoopResult, http_request, open_loop, pin, wrk  # noqa: E402
+from .procmem import current_rss  # noqa: E402
+
+SWAPS = 5
+
+
+def cached_version(seed: int) -> Path:
+    """A demo package of this seed, written once into bench/results/ and copied from there."""
+    path = RESULTS / "swap-cache" / f"seed{seed}"
+    if not (path / "checksums.md5").is_file():
+        shutil.rmtree(path, ignore_errors=True)
+        write_demo(path, seed=seed, version=f"v{seed}")
+    return path
+
+
+def stage(repo: ModelRepo, seed: int) -> Path:
+    staged = repo.staging_dir("demo")
+    shutil.copytree(cached_version(seed), staged, dirs_exist_ok=True)
+    return staged
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, every: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, int]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.every):
+            try:
+                self.samples.append((time.perf_counter(), current_rss(self.pid)))
+            except OSError:
+                return
+
+
+def run(args: argparse.Namespace) -> dict:
+    steady_s, gap_s = (5.0, 4.0) if args.quick else (15.0, 8.0)
+    root = RESULTS / "swap-repo"
+    shutil.rmtree(root, ignore_errors=True)
+    repo = ModelRepo(root)
+    first = repo.staging_dir("demo")
+    shutil.copytree(cached_version(0), first, dirs_exist_ok=True)
+    repo.install("demo", first, "v0")
+    staged = [stage(repo, seed) for seed in range(1, SWAPS + 1)]  # copied before the load starts
+    model_bytes = load_package(repo.path("demo", "v0"), verify=False, finite=False).nbytes
+    _, bodies = make_bodies(repo.path("demo", "v0"))
+    server_cpu, client_cpu = (0, 1) if (os.cpu_count() or 1) > 1 else (None, None)
+
+    port = free_port()
+    proc = start([sys.executable, "-m", "scoring", "--model-repo", str(root), "--port", str(port),
+                  "--poll-interval", "0.5", "--log-level", "info"], port, "/readyz", server_cpu,
+                 RESULTS / "swap-server.log")
+    sampler = RssSampler(proc.pid)
+    try:
+        pin(client_cpu)
+        url = f"http://{HOST}:{port}"
+        rate = args.rate
+        if not rate:
+            wrk(url, "/v1/score", bodies, seconds=2, cpu=client_cpu)
+            rate = 0.5 * wrk(url, "/v1/score", bodies, seconds=3, cpu=client_cpu).requests_per_s
+        total = steady_s + SWAPS * gap_s + 1.0
+        reqs = [http_request(HOST, port, "/v1/score", b) for b in bodies]
+        holder: dict[str, OpenLoopResult] = {}
+        load = threading.Thread(target=lambda: holder.update(
+            r=open_loop(HOST, port, reqs, rate=rate, seconds=total)))
+        sampler.start()
+        t0 = time.perf_counter() + 0.05  # the generator's schedule starts 50 ms after it is called
+        load.start()
+        swaps = []
+        time.sleep(steady_s)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for k, path in enumerate(staged, 1):
+                version = f"v{k}"
+                t_install = time.perf_counter()
+                repo.install("demo", path, version)
+                while client.get("/v1/models/demo").json().get("version") != version:
+                    time.sleep(0.05)
+                    if time.perf_counter() - t_install > 120:
+                        raise SystemExit(f"{version} never went live; see {RESULTS / 'swap-server.log'}")
+                t_live = time.perf_counter()
+                swaps.append({"version": version, "install_s": t_install - t0, "live_s": t_live - t0,
+                              "seconds_to_live": round(t_live - t_install, 2)})
+                time.sleep(max(0.0, t_install + gap_s - time.perf_counter()))
+        load.join()
+        sampler.halt.set()
+    finally:
+        sampler.halt.set()
+        stop(proc)
+    return analyse(holder["r"], swaps, sampler.samples, t0, steady_s, rate, model_bytes)
+
+
+def analyse(res: OpenLoopResult, swaps: list[dict], rss: list[tuple[float, int]], t0: float,
+            steady_s: float, rate: float, model_bytes: int) -> dict:
+    windows = np.floor(res.sent_at).astype(int)
+    busy = set()
+    for s in swaps:  # a window is "during a swap" from the install to one second after going live
+        busy.update(range(int(s["install_s"]), int(s["live_s"] + 1.0) + 1))
+    steady_mask = (res.sent_at >= 1.0) & (res.sent_at < steady_s)
+    steady = res.percentiles(steady_mask)
+    per_window = []
+    for w in sorted(set(windows.tolist())):
+        mask = windows == w
+        if mask.sum() >= 20:
+            per_window.append({"window_s": w, "during_swap": w in busy, "n": int(mask.sum()),
+                               "p99_ms": round(float(np.percentile(res.latency[mask], 99)) * 1e3, 3)})
+    steady_windows = [w["p99_ms"] for w in per_window if not w["during_swap"] and 1 <= w["window_s"] < steady_s]
+    swap_windows = [w["p99_ms"] for w in per_window if w["during_swap"]]
+    times = np.array([t - t0 for t, _ in rss])
+    values = np.array([v for _, v in rss], dtype=np.float64)
+    steady_rss = float(np.median(values[(times >= 1.0) & (times < steady_s)]))
+    peak_rss = float(values[times >= steady_s].max())
+    return {
+        "rate": round(rate, 1), "requests": int(res.latency.size), "non_200": res.non_200,
+        "max_send_lag_ms": round(res.max_send_lag * 1e3, 3), "swaps": swaps,
+        "steady": {k: round(v, 3) for k, v in steady.items()},
+        "steady_window_p99_ms_median": round(float(np.median(steady_windows)), 3),
+        "swap_window_p99_ms_max": round(max(swap_windows), 3) if swap_windows else None,
+        "swap_window_p99_ms_median": round(float(np.median(swap_windows)), 3) if swap_windows else None,
+        "swap_over_steady_p99": round(max(swap_windows) / steady["p99"], 2) if swap_windows else None,
+        "during_swaps": res.percentiles(np.isin(windows, list(busy))),
+        "windows": per_window,
+        "model_mb": round(model_bytes / 2**20, 1),
+        "steady_rss_mb": round(steady_rss / 2**20, 1),
+        "peak_rss_mb": round(peak_rss / 2**20, 1),
+        "peak_over_steady_in_models": round((peak_rss - steady_rss) / model_bytes, 2),
+    }
+
+
+def report(r: dict) -> str:
+    lines = [f"open-loop load {r['rate']} req/s (100 ads each), {r['requests']} requests, "
+             f"non-200: {r['non_200']}",
+             "swaps: " + ", ".join(f"{s['version']} live {s['seconds_to_live']} s after install"
+                                   for s in r["swaps"]),
+             f"steady p99 {r['steady']['p99']:.2f} ms (median of 1-s windows "
+             f"{r['steady_window_p99_ms_median']:.2f} ms); 1-s windows during swaps: median p99 "
+             f"{r['swap_window_p99_ms_median']:.2f} ms, worst {r['swap_window_p99_ms_max']:.2f} ms "
+             f"({r['swap_over_steady_p99']}x steady)",
+             f"RSS steady {r['steady_rss_mb']} MB, peak during swaps {r['peak_rss_mb']} MB: "
+             f"+{r['peak_over_steady_in_models']}x the model size ({r['model_mb']} MB)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short phases (under a minute)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="requests per second (default: half the measured maximum)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for seed in range(SWAPS + 1):  # written once, outside the timed part
+        cached_version(seed)
+    t0 = time.perf_counter()
+    result = run(args)
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    print(report(result))
+    path = args.json or RESULTS / ("swap-quick.json" if args.quick else "swap.json")
+    path.write_text(json.dumps(result, indent=2))
+    print(f"(wall time {result['wall_seconds']} s) figures: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
