@@ -70,9 +70,10 @@ class DataPlane:
                 if scored.extra:
                     doc.update(scored.extra)  # arm, fallback_for, fallback_reason
             out = _DUMPS(doc, option=_NUMPY)
-        except ScoringError as exc:
+        except Exception as exc:  # count every answer; the caller turns it into JSON
+            status = exc.status_code if isinstance(exc, ScoringError) else 500
             metrics.count_request(model.name if model else _UNKNOWN,
-                                  model.version if model else _UNKNOWN, exc.status_code)
+                                  model.version if model else _UNKNOWN, status)
             raise
         finally:
             metrics.in_flight.dec()

@@ -53,6 +53,8 @@ def test_unexpected_errors_are_a_generic_500(client, caplog):
     assert r.json() == {"error": "internal error; the service logged the details"}
     assert "secret" not in r.text
     assert "secret internal detail" in caplog.text
+    metrics = client.get("/metrics").text
+    assert 'ctr_requests_total{model="m",status="500",version="1"} 1.0' in metrics
 
 
 def test_settings_come_from_the_environment(monkeypatch):
@@ -84,3 +86,23 @@ def test_every_flag_is_a_setting():
     for action in parser._actions:
         if action.dest != "help":
             assert action.dest in Settings.model_fields, action.dest
+
+
+def test_json_log_lines(capsys):
+    import json
+    import logging
+
+    from scoring.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        configure_logging("json", "info")
+        logging.getLogger("scoring.test").info("model %r: loaded", "ctr", extra={"version": "v2"})
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    rec = json.loads(line)
+    assert rec["msg"] == "model 'ctr': loaded" and rec["level"] == "info"
+    assert rec["logger"] == "scoring.test" and rec["version"] == "v2" and rec["ts"].endswith("Z")
