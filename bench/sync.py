@@ -4,7 +4,8 @@
 
 A real ``ctr-serve`` (1 worker) serves the demo-size model (``write_demo``: about 228 MB; with
 ``--quick`` tables 8x smaller, about 29 MB) and syncs in-process (``CTR_SYNC_SOURCE``) from the test
-HttpFS gateway of the test suite (``tests/fakes/hdfs.py``), run in its own process. Two load threads
+HttpFS gateway of the test suite (``tests/fakes/hdfs.py``), run in its own process at idle CPU
+priority (it stands for another machine: on a serving host it costs nothing). Two load threads
 score 50-ad requests the whole time. Then a new version lands on the gateway (data files first,
 ``checksums.md5`` last, as an export job would write) and the script records:
 
@@ -157,6 +158,15 @@ def place(src: Path, dst: Path) -> float:
     return time.monotonic()
 
 
+def _remote_host() -> None:
+    """The gateway stands for another machine: on a serving host it would use no CPU at all, so
+    here it runs at idle priority and takes only CPU time the service does not want."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
+
+
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -189,7 +199,7 @@ def run(v1: Path, v2: Path, *, rate: str, interval: float, baseline_s: float, ro
     exports = [variant(v2 if k % 2 == 0 else v1, f"r{k}", ns / f"export-r{k}") for k in range(rounds)]
 
     gw = subprocess.Popen([sys.executable, "-m", "tests.fakes.hdfs", "--root", str(ns)], cwd=ROOT,
-                          stdout=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, text=True, preexec_fn=_remote_host)
     address = gw.stdout.readline().strip()
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -204,7 +214,8 @@ def run(v1: Path, v2: Path, *, rate: str, interval: float, baseline_s: float, ro
                             "--no-demo", "--keep-versions", "2"] + (["--poll-interval", "0.5"] if sidecar else []),
                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     side = subprocess.Popen([sys.executable, "-m", "model_sync", "--source", source, "--repo", str(repo.root),
-                             "--model", "ctr", "--interval", str(interval), "--rate-limit", rate, "--keep", "2"],
+                             "--model", "ctr", "--interval", str(interval), "--rate-limit", rate, "--keep", "2",
+                             "--low-priority"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT) if sidecar else None
     load = None
     marks = []

@@ -77,6 +77,7 @@ class SyncHandle:
         self.syncer = syncer
         self.on_installed = on_installed
         self.reload_wait = reload_wait
+        self.low_priority = True
         self._wake = threading.Event()
         self._cond = threading.Condition()
         self._requested = 0   # sync_now() calls so far
@@ -94,7 +95,8 @@ class SyncHandle:
         return self.syncer.status
 
     def _run(self) -> None:
-        _lower_thread_priority()
+        if self.low_priority:
+            log.debug("model %r: sync thread priority: %s", self.model, lower_thread_priority())
         self.syncer.run_forever(self._wake, on_result=self._on_result, on_start=self._on_start)
 
     def _on_start(self) -> None:
@@ -150,12 +152,21 @@ class SyncHandle:
         self.syncer.close()
 
 
-def _lower_thread_priority(niceness: int = 10) -> None:
-    """Downloads run beside the request path: let requests win the CPU (Linux: per thread)."""
+def lower_thread_priority(niceness: int = 19) -> str:
+    """Downloads run beside the request path: let requests win the CPU. On Linux this thread
+    becomes SCHED_IDLE (it runs only on CPU time nothing else wants; its md5 and copies never
+    delay a request's wake-up), else as nice as allowed. Returns what was set."""
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return "SCHED_IDLE"
     except (AttributeError, OSError):
         pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        return f"nice {niceness}"
+    except (AttributeError, OSError):
+        return "unchanged"
 
 
 def start_background_sync(config: SyncConfig, *, on_installed: Callable[[str, str], None] | None = None,

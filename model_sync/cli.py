@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a cycle taking longer fails (default 1800 s)")
     p.add_argument("--max-file-size", type=_size, default=16 << 30,
                    help="refuse package files larger than this (default 16G)")
+    p.add_argument("--low-priority", action="store_true",
+                   help="run at idle CPU priority (Linux SCHED_IDLE), so a sidecar never delays requests")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -113,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             parser.error(f"--metrics-port {args.metrics_port}: cannot listen ({exc})")
 
+    if args.low_priority:
+        from .background import lower_thread_priority
+
+        log.info("CPU priority: %s", lower_thread_priority())
     if args.once:
         result = syncer.cycle(wait_for_lock=True)
         syncer.close()
