@@ -5,8 +5,9 @@ latency at a fixed rate.
 script that cycles through prepared bodies. Debian has no wrk2, and wrk's closed loop hides
 queueing at a fixed rate (coordinated omission), so latency at 25/50/75 % of the maximum comes
 from :func:`open_loop`: requests start on a fixed schedule (``t0 + i / rate``) whether or not
-earlier ones have finished, on a pool of keep-alive connections that grows when every connection
-is busy, and each latency is measured from the *scheduled* start, as wrk2 does. It is asyncio on
+earlier ones have finished, on a pool of keep-alive connections that grows up to 64 when every
+connection is busy (then a request waits for one), and each latency is measured from the
+*scheduled* start, as wrk2 does. It is asyncio on
 uvloop over raw sockets with prebuilt request bytes; it spins (rather than sleeps on libuv's
 1-ms timers) for the last 1.5-2 ms before each send, so sends leave on time to within tens of
 microseconds. On its own core at these rates (hundreds to a few thousand requests per second)
@@ -115,13 +116,13 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: float,
-                     seconds: float, connections: int) -> OpenLoopResult:
+                     seconds: float, connections: int, max_connections: int) -> OpenLoopResult:
     n = int(rate * seconds)
     interval = 1.0 / rate
-    pool: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    idle: asyncio.Queue = asyncio.Queue()
     for _ in range(connections):
-        pool.append(await asyncio.open_connection(host, port))
-    opened = len(pool)
+        idle.put_nowait(await asyncio.open_connection(host, port))
+    opened = connections
     latency = np.full(n, np.nan)
     status = np.zeros(n, dtype=np.int32)
     tasks = set()
@@ -129,21 +130,24 @@ async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: floa
 
     async def one(i: int, due: float) -> None:
         nonlocal opened
-        conn = pool.pop() if pool else None
+        conn = None
         try:
-            if conn is None:
-                conn = await asyncio.open_connection(host, port)
+            if idle.empty() and opened < max_connections:
                 opened += 1
+                conn = await asyncio.open_connection(host, port)
+            else:  # wait for a connection; the wait counts in the latency (from ``due``)
+                conn = await idle.get()
             reader, writer = conn
             writer.write(requests[i % len(requests)])
             status[i] = await _read_response(reader)
             latency[i] = time.perf_counter() - due
-            pool.append(conn)
+            idle.put_nowait(conn)
         except (OSError, asyncio.IncompleteReadError, ValueError):
             latency[i] = time.perf_counter() - due
             status[i] = 0
             if conn is not None:
                 conn[1].close()
+                opened -= 1
 
     perf = time.perf_counter
     t0 = perf() + 0.05
@@ -160,22 +164,22 @@ async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: floa
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(list(tasks), timeout=30)
-    for _, writer in pool:
-        writer.close()
+    while not idle.empty():
+        idle.get_nowait()[1].close()
     sent = np.arange(n) * interval
     done = ~np.isnan(latency)
     return OpenLoopResult(rate, seconds, sent[done], latency[done], status[done], lag, opened)
 
 
 def open_loop(host: str, port: int, requests: Sequence[bytes], *, rate: float, seconds: float,
-              connections: int = 16) -> OpenLoopResult:
+              connections: int = 16, max_connections: int = 64) -> OpenLoopResult:
     """Send ``requests`` (full HTTP/1.1 request bytes, cycled) at ``rate`` per second."""
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return runner(_open_loop(host, port, requests, rate, seconds, connections))
+    return runner(_open_loop(host, port, requests, rate, seconds, connections, max_connections))
 
 
 def pin(cpu: int | None) -> None:
