@@ -205,14 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    return run_and_report(run, report, args, "http")
+
+
+def run_and_report(run_fn, report_fn, args: argparse.Namespace, name: str) -> int:
+    """Time ``run_fn(args)``, print ``report_fn`` of its result and write it as JSON."""
     t0 = time.perf_counter()
-    result = run(args)
+    result = run_fn(args)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    print(report(result))
-    print(f"\n(wall time {result['wall_seconds']} s)")
-    path = args.json or RESULTS / ("http-quick.json" if args.quick else "http.json")
+    print(report_fn(result))
+    path = args.json or RESULTS / (f"{name}-quick.json" if args.quick else f"{name}.json")
     path.write_text(json.dumps(result, indent=2))
-    print(f"figures: {path}")
+    print(f"(wall time {result['wall_seconds']} s) figures: {path}")
     return 0
 
 

@@ -7,6 +7,7 @@ every worker's RSS counts those pages, its PSS only its share (1/N with N worker
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,21 +43,38 @@ def memory(pid: int, under: str | os.PathLike | None = None) -> Memory:
     return Memory(rss, pss, frss, fpss)
 
 
-def peak_rss(pid: int) -> int:
-    """VmHWM: the highest RSS the process reached, in bytes."""
+def _status_bytes(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM: the highest RSS the process reached, in bytes."""
+    return _status_bytes(pid, "VmHWM:")
 
 
 def current_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _status_bytes(pid, "VmRSS:")
+
+
+def wait_ready_everywhere(url: str, in_a_row: int, timeout: float) -> bool:
+    """Poll ``url``/readyz on new connections (which the kernel spreads over worker processes)
+    until ``in_a_row`` answers in a row are 200; False on timeout."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    ok_count = 0
+    while ok_count < in_a_row and time.monotonic() < deadline:
+        try:
+            ok = httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+        except httpx.TransportError:
+            ok = False
+        ok_count = ok_count + 1 if ok else 0
+        time.sleep(0.02)
+    return ok_count >= in_a_row
 
 
 def children(pid: int) -> list[int]:

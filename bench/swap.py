@@ -20,7 +20,6 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -35,7 +34,7 @@ from scoring.package import load_package  # noqa: E402
 from scoring.repo import ModelRepo  # noqa: E402
 
 from .engine import RESULTS  # noqa: E402
-from .http import HOST, free_port, make_bodies, start, stop  # noqa: E402
+from .http import HOST, free_port, make_bodies, run_and_report, start, stop  # noqa: E402
 from .loadgen import OpenLoopResult, http_request, open_loop, pin, wrk  # noqa: E402
 from .procmem import current_rss  # noqa: E402
 
@@ -196,14 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for seed in range(SWAPS + 1):  # written once, outside the timed part
         cached_version(seed)
-    t0 = time.perf_counter()
-    result = run(args)
-    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    print(report(result))
-    path = args.json or RESULTS / ("swap-quick.json" if args.quick else "swap.json")
-    path.write_text(json.dumps(result, indent=2))
-    print(f"(wall time {result['wall_seconds']} s) figures: {path}")
-    return 0
+    return run_and_report(run, report, args, "swap")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import httpx
 
 from .engine import RESULTS
 from .http import HOST, demo_repo, free_port, make_bodies, start, stop
-from .procmem import memory, uvicorn_workers
+from .procmem import memory, uvicorn_workers, wait_ready_everywhere
 
 
 def run(n_workers: int) -> dict:
@@ -31,16 +30,8 @@ def run(n_workers: int) -> dict:
                   "--port", str(port), "--workers", str(n_workers), "--log-level", "warning"],
                  port, "/healthz", None, RESULTS / "workers-server.log")
     try:
-        workers: list[int] = []
-        deadline = time.monotonic() + 120
-        ready = 0
-        while ready < 5 * n_workers and time.monotonic() < deadline:  # new connections spread
-            try:
-                ok = httpx.get(f"http://{HOST}:{port}/readyz", timeout=10).status_code == 200
-            except httpx.TransportError:
-                ok = False
-            ready = ready + 1 if ok else 0
-            time.sleep(0.05)
+        if not wait_ready_everywhere(f"http://{HOST}:{port}", 5 * n_workers, 120):
+            raise SystemExit(f"workers not ready; see {RESULTS / 'workers-server.log'}")
         for i in range(20 * n_workers):
             httpx.post(f"http://{HOST}:{port}/v1/score", content=bodies[i % len(bodies)],
                        headers={"content-type": "application/json"}, timeout=30).raise_for_status()

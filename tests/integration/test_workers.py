@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from bench.procmem import memory, uvicorn_workers
+from bench.procmem import memory, uvicorn_workers, wait_ready_everywhere
 from scoring.demo import write_demo
 from scoring.repo import ModelRepo
 
@@ -30,15 +30,7 @@ def test_two_workers_share_the_tables(tmp_path):
                 break
             time.sleep(0.1)
         assert len(workers) == 2, server.log()
-        ready_in_a_row = 0  # new connections land on either worker: wait until both are ready
-        while ready_in_a_row < 10 and time.monotonic() < deadline:
-            try:
-                ok = httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
-            except httpx.TransportError:
-                ok = False
-            ready_in_a_row = ready_in_a_row + 1 if ok else 0
-            time.sleep(0.02)
-        assert ready_in_a_row == 10, server.log()
+        assert wait_ready_everywhere(server.url, 10, 90), server.log()
         body = {"context": {"user_id": "u1", "city": "bj"},
                 "ads": [{"features": {"ad_id": f"a{i}", "category": ["c1", "c2"]}} for i in range(10)]}
         scores = set()
