@@ -78,8 +78,7 @@ class DataPlane:
         finally:
             metrics.in_flight.dec()
         metrics.count_request(model.name, model.version, 200)
-        metrics.latency.labels(model.name).observe(time.perf_counter() - t0)
-        metrics.ads.labels(model.name).observe(len(ads))
+        metrics.observe(model.name, time.perf_counter() - t0, len(ads))
         return out
 
     # -- models and operations -------------------------------------------------------------------

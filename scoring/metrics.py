@@ -56,6 +56,7 @@ class Metrics:
                                 multiprocess_mode="livemax")
         self._live_labels: dict[str, tuple[str, str, str, str]] = {}
         self._request_children: dict[tuple[str, str, int], Callable[[], None]] = {}
+        self._observers: dict[str, tuple[Callable[[float], None], Callable[[float], None]]] = {}
 
     # -- hot path: cached children, no label lookups per request ------------------------------
 
@@ -67,6 +68,16 @@ class Metrics:
             if len(self._request_children) < 10_000:
                 self._request_children[key] = inc
         inc()
+
+    def observe(self, model: str, seconds: float, n_ads: int) -> None:
+        """Latency and ads of one scored request."""
+        pair = self._observers.get(model)
+        if pair is None:
+            pair = (self.latency.labels(model).observe, self.ads.labels(model).observe)
+            if len(self._observers) < 1_000:
+                self._observers[model] = pair
+        pair[0](seconds)
+        pair[1](n_ads)
 
     # -- model events ------------------------------------------------------------------------
 
