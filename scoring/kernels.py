@@ -108,8 +108,8 @@ def _act(v, act):
     return v
 
 
-_S16, _S8, _S4, _S2, _S1 = (make_sparse_row(16), make_sparse_row(8), make_sparse_row(4),
-                             make_sparse_row(2), make_sparse_row(1))
+_SPARSE_ROW = make_sparse_row()
+_TILE6, _TILE4, _TILE2 = make_tile(6), make_tile(4), make_tile(2)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
@@ -128,22 +128,7 @@ def _pruned_row(x, a, k_in, w, bias, y, act, idx, vals):
             m += 1
     j = 0
     if act != ACT_SIGMOID:
-        relu = 1 if act == ACT_RELU else 0
-        while j + 256 <= n_out:
-            _S16(idx, vals, m, w, j, bias, y, a, relu)
-            j += 256
-        if j + 128 <= n_out:
-            _S8(idx, vals, m, w, j, bias, y, a, relu)
-            j += 128
-        if j + 64 <= n_out:
-            _S4(idx, vals, m, w, j, bias, y, a, relu)
-            j += 64
-        if j + 32 <= n_out:
-            _S2(idx, vals, m, w, j, bias, y, a, relu)
-            j += 32
-        if j + 16 <= n_out:
-            _S1(idx, vals, m, w, j, bias, y, a, relu)
-            j += 16
+        j = _SPARSE_ROW(idx, vals, m, w, bias, y, a, 1 if act == ACT_RELU else 0)
     for jj in range(j, n_out):
         s = bias[jj]
         for q in range(m):
@@ -157,60 +142,6 @@ def dense_axpy(x, n, k_in, w, bias, y, act, idx, vals):
     pruned: the seed's loop, with the output block kept in registers."""
     for a in range(n):
         _pruned_row(x, a, k_in, w, bias, y, act, idx, vals)
-
-
-_T6_4, _T6_2, _T6_1 = make_tile(6, 4), make_tile(6, 2), make_tile(6, 1)
-_T4_4, _T4_2, _T4_1 = make_tile(4, 4), make_tile(4, 2), make_tile(4, 1)
-_T2_4, _T2_2, _T2_1 = make_tile(2, 4), make_tile(2, 2), make_tile(2, 1)
-
-
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
-def _block6(x, a, k_in, w, bias, y, relu):
-    """Ads a..a+5 x the neurons that fill whole 16-lane vectors; returns where those end."""
-    n_out = w.shape[1]
-    j = 0
-    while j + 64 <= n_out:
-        _T6_4(x, a, k_in, w, j, bias, y, relu)
-        j += 64
-    if j + 32 <= n_out:
-        _T6_2(x, a, k_in, w, j, bias, y, relu)
-        j += 32
-    if j + 16 <= n_out:
-        _T6_1(x, a, k_in, w, j, bias, y, relu)
-        j += 16
-    return j
-
-
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
-def _block4(x, a, k_in, w, bias, y, relu):
-    n_out = w.shape[1]
-    j = 0
-    while j + 64 <= n_out:
-        _T4_4(x, a, k_in, w, j, bias, y, relu)
-        j += 64
-    if j + 32 <= n_out:
-        _T4_2(x, a, k_in, w, j, bias, y, relu)
-        j += 32
-    if j + 16 <= n_out:
-        _T4_1(x, a, k_in, w, j, bias, y, relu)
-        j += 16
-    return j
-
-
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
-def _block2(x, a, k_in, w, bias, y, relu):
-    n_out = w.shape[1]
-    j = 0
-    while j + 64 <= n_out:
-        _T2_4(x, a, k_in, w, j, bias, y, relu)
-        j += 64
-    if j + 32 <= n_out:
-        _T2_2(x, a, k_in, w, j, bias, y, relu)
-        j += 32
-    if j + 16 <= n_out:
-        _T2_1(x, a, k_in, w, j, bias, y, relu)
-        j += 16
-    return j
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
@@ -239,13 +170,13 @@ def dense_tiled(x, n, k_in, w, bias, y, act, idx, vals):
     a = 0
     j_end = 0
     while a + 6 <= n:
-        j_end = _block6(x, a, k_in, w, bias, y, relu)
+        j_end = _TILE6(x, a, k_in, w, bias, y, relu)
         a += 6
     if a + 4 <= n:
-        j_end = _block4(x, a, k_in, w, bias, y, relu)
+        j_end = _TILE4(x, a, k_in, w, bias, y, relu)
         a += 4
     if a + 2 <= n:
-        j_end = _block2(x, a, k_in, w, bias, y, relu)
+        j_end = _TILE2(x, a, k_in, w, bias, y, relu)
         a += 2
     dense_cols(x, a, k_in, w, bias, y, act, j_end)
     if a < n:

@@ -30,130 +30,157 @@ def _is_c_matrix(t, ndim: int) -> bool:
     return isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C" and t.dtype == types.float32
 
 
-def make_tile(rows: int, vectors: int):
-    """An intrinsic ``tile(x, a0, k_in, w, j0, bias, y, relu)`` computing
-    ``y[a0:a0+rows, j0:j0+16*vectors] = act(x[a0:a0+rows, :k_in] @ w[:k_in, j0:...] + bias[j0:...])``
-    with ``act`` ReLU when ``relu`` is non-zero, else identity. Arrays must be float32, C order;
-    the caller guarantees the block lies inside them."""
+class _Emitter:
+    """IR helpers shared by the micro-kernels: array pointers, row strides, splats, FMA."""
+
+    def __init__(self, context, builder, signature, args) -> None:
+        self.context, self.b = context, builder
+        self.sig, self.args = signature, args
+        self.vptr = _VEC.as_pointer()
+        self.zero = ir.Constant(_VEC, [0.0] * LANES)
+        self._undef = ir.Constant(_VEC, ir.Undefined)
+        self._splat0 = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
+        self.fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fma.v16f32")
+
+    def array(self, i):
+        return self.context.make_array(self.sig.args[i])(self.context, self.b, self.args[i])
+
+    def int64(self, i):
+        return self.context.cast(self.b, self.args[i], self.sig.args[i], types.int64)
+
+    def row_stride(self, arr):
+        """Elements between rows of a 2-D float32 array."""
+        return self.b.sdiv(cgutils.unpack_tuple(self.b, arr.strides, 2)[0], _I64(4))
+
+    def cols(self, arr):
+        return cgutils.unpack_tuple(self.b, arr.shape, 2)[1]
+
+    def splat(self, scalar):
+        return self.b.shuffle_vector(self.b.insert_element(self._undef, scalar, _I32(0)),
+                                     self._undef, self._splat0)
+
+    def load_vec(self, ptr, v):
+        return self.b.load(self.b.bitcast(self.b.gep(ptr, [_I64(v * LANES)]), self.vptr), align=4)
+
+    def store_vec(self, value, ptr, v):
+        self.b.store(value, self.b.bitcast(self.b.gep(ptr, [_I64(v * LANES)]), self.vptr), align=4)
+
+    def finish(self, acc, bias_vec, relu):
+        r = self.b.fadd(acc, bias_vec)
+        clipped = self.b.select(self.b.fcmp_ordered(">", r, self.zero), r, self.zero)
+        return self.b.select(relu, clipped, r)
+
+    def column_blocks(self, n_out, widths, emit):
+        """Call ``emit(j0, vectors)`` over ``[0, n_out)``: blocks of ``widths[0]`` vectors while
+        they fit, then at most one block of each smaller width. Returns the first column left."""
+        b = self.b
+        big = widths[0] * LANES
+        j = cgutils.alloca_once_value(b, _I64(0))
+        with cgutils.for_range(b, b.sdiv(n_out, _I64(big))) as loop:
+            j0 = b.mul(loop.index, _I64(big))
+            emit(j0, widths[0])
+            b.store(b.add(j0, _I64(big)), j)
+        for vectors in widths[1:]:
+            width = _I64(vectors * LANES)
+            j0 = b.load(j)
+            with b.if_then(b.icmp_signed("<=", b.add(j0, width), n_out)):
+                emit(j0, vectors)
+                b.store(b.add(j0, width), j)
+        return b.load(j)
+
+
+def make_tile(rows: int):
+    """An intrinsic ``tile(x, a0, k_in, w, bias, y, relu) -> j_end`` computing
+    ``y[a0:a0+rows, :j_end] = act(x[a0:a0+rows, :k_in] @ w[:k_in, :j_end] + bias[:j_end])`` for
+    every neuron that fills a 16-lane vector (``j_end`` = out rounded down to 16), in register
+    blocks of ``rows`` ads x 64, 32 or 16 neurons. ``act`` is ReLU when ``relu`` is non-zero,
+    else identity. Arrays must be float32, C order; the caller guarantees the rows exist."""
 
     @intrinsic
-    def tile(typingctx, x, a0, k_in, w, j0, bias, y, relu):
+    def tile(typingctx, x, a0, k_in, w, bias, y, relu):
         if not (_is_c_matrix(x, 2) and _is_c_matrix(w, 2) and _is_c_matrix(y, 2)
                 and _is_c_matrix(bias, 1)):
             return None
-        sig = types.void(x, a0, k_in, w, j0, bias, y, relu)
+        sig = types.int64(x, a0, k_in, w, bias, y, relu)
 
         def codegen(context, builder, signature, args):
-            x_v, a0_v, k_v, w_v, j0_v, b_v, y_v, relu_v = args
-            x_t, a0_t, k_t, w_t, j0_t, b_t, y_t, relu_t = signature.args
-            xa = context.make_array(x_t)(context, builder, x_v)
-            wa = context.make_array(w_t)(context, builder, w_v)
-            ba = context.make_array(b_t)(context, builder, b_v)
-            ya = context.make_array(y_t)(context, builder, y_v)
-            four = _I64(4)
-            ldx = builder.sdiv(cgutils.unpack_tuple(builder, xa.strides, 2)[0], four)
-            ldw = builder.sdiv(cgutils.unpack_tuple(builder, wa.strides, 2)[0], four)
-            ldy = builder.sdiv(cgutils.unpack_tuple(builder, ya.strides, 2)[0], four)
-            a0 = context.cast(builder, a0_v, a0_t, types.int64)
-            j0 = context.cast(builder, j0_v, j0_t, types.int64)
-            k_in = context.cast(builder, k_v, k_t, types.int64)
-            relu = builder.icmp_signed("!=", context.cast(builder, relu_v, relu_t, types.int64), _I64(0))
-            vptr = _VEC.as_pointer()
-            zero = ir.Constant(_VEC, [0.0] * LANES)
-            undef = ir.Constant(_VEC, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fma.v16f32")
+            e = _Emitter(context, builder, signature, args)
+            b = builder
+            xa, wa, ba, ya = e.array(0), e.array(3), e.array(4), e.array(5)
+            ldx, ldw, ldy = e.row_stride(xa), e.row_stride(wa), e.row_stride(ya)
+            a0, k_in = e.int64(1), e.int64(2)
+            relu = b.icmp_signed("!=", e.int64(6), _I64(0))
+            x_rows = [b.gep(xa.data, [b.mul(b.add(a0, _I64(a)), ldx)]) for a in range(rows)]
+            y_rows = [b.gep(ya.data, [b.mul(b.add(a0, _I64(a)), ldy)]) for a in range(rows)]
 
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)]
-                    for _ in range(rows)]
-            x_rows = [builder.gep(xa.data, [builder.mul(builder.add(a0, _I64(a)), ldx)])
-                      for a in range(rows)]
-            w_base = builder.gep(wa.data, [j0])
-            with cgutils.for_range(builder, k_in) as loop:
-                k = loop.index
-                w_row = builder.gep(w_base, [builder.mul(k, ldw)])
-                w_vecs = [builder.load(builder.bitcast(builder.gep(w_row, [_I64(v * LANES)]), vptr),
-                                       align=4) for v in range(vectors)]
-                for a in range(rows):
-                    s = builder.load(builder.gep(x_rows[a], [k]))
-                    b = builder.shuffle_vector(builder.insert_element(undef, s, _I32(0)), undef, splat)
-                    for v in range(vectors):
-                        acc = builder.load(accs[a][v])
-                        builder.store(builder.call(fma, [b, w_vecs[v], acc]), accs[a][v])
+            def emit(j0, vectors):
+                accs = [[cgutils.alloca_once_value(b, e.zero) for _ in range(vectors)]
+                        for _ in range(rows)]
+                w_base = b.gep(wa.data, [j0])
+                with cgutils.for_range(b, k_in) as loop:
+                    k = loop.index
+                    w_row = b.gep(w_base, [b.mul(k, ldw)])
+                    w_vecs = [e.load_vec(w_row, v) for v in range(vectors)]
+                    for a in range(rows):
+                        xk = e.splat(b.load(b.gep(x_rows[a], [k])))
+                        for v in range(vectors):
+                            b.store(b.call(e.fma, [xk, w_vecs[v], b.load(accs[a][v])]), accs[a][v])
+                b_row = b.gep(ba.data, [j0])
+                for v in range(vectors):
+                    bias_v = e.load_vec(b_row, v)
+                    for a in range(rows):
+                        e.store_vec(e.finish(b.load(accs[a][v]), bias_v, relu),
+                                    b.gep(y_rows[a], [j0]), v)
 
-            b_row = builder.gep(ba.data, [j0])
-            for v in range(vectors):
-                bias_v = builder.load(builder.bitcast(builder.gep(b_row, [_I64(v * LANES)]), vptr),
-                                      align=4)
-                for a in range(rows):
-                    r = builder.fadd(builder.load(accs[a][v]), bias_v)
-                    r = builder.select(relu, builder.select(builder.fcmp_ordered(">", r, zero), r, zero), r)
-                    y_row = builder.gep(ya.data, [builder.add(builder.mul(builder.add(a0, _I64(a)), ldy), j0)])
-                    builder.store(r, builder.bitcast(builder.gep(y_row, [_I64(v * LANES)]), vptr), align=4)
-            return context.get_dummy_value()
+            return e.column_blocks(e.cols(wa), (4, 2, 1), emit)
 
         return sig, codegen
 
     return tile
 
 
-def make_sparse_row(vectors: int):
-    """An intrinsic ``row(idx, vals, m, w, j0, bias, y, a, relu)`` computing
-    ``y[a, j0:j0+16*vectors] = act(sum over q < m of vals[q] * w[idx[q], j0:...] + bias[j0:...])``.
+def make_sparse_row():
+    """An intrinsic ``row(idx, vals, m, w, bias, y, a, relu) -> j_end`` computing
+    ``y[a, :j_end] = act(sum over q < m of vals[q] * w[idx[q], :j_end] + bias[:j_end])``.
 
     The pruned form for one ad: ``idx``/``vals`` list only the inputs ReLU left non-zero, so a
-    pruned input never touches its weight row, and the whole output block (up to 256 neurons in
-    16 vectors) stays in registers until the end."""
+    pruned input never touches its weight row, and each output block (up to 256 neurons in 16
+    vectors) stays in registers until the end. ``j_end`` is out rounded down to 16."""
 
     @intrinsic
-    def row(typingctx, idx, vals, m, w, j0, bias, y, a, relu):
+    def row(typingctx, idx, vals, m, w, bias, y, a, relu):
         if not (isinstance(idx, types.Array) and idx.ndim == 1 and idx.layout == "C"
                 and idx.dtype == types.int64 and _is_c_matrix(vals, 1) and _is_c_matrix(w, 2)
                 and _is_c_matrix(y, 2) and _is_c_matrix(bias, 1)):
             return None
-        sig = types.void(idx, vals, m, w, j0, bias, y, a, relu)
+        sig = types.int64(idx, vals, m, w, bias, y, a, relu)
 
         def codegen(context, builder, signature, args):
-            i_v, v_v, m_v, w_v, j0_v, b_v, y_v, a_v, relu_v = args
-            i_t, v_t, m_t, w_t, j0_t, b_t, y_t, a_t, relu_t = signature.args
-            ia = context.make_array(i_t)(context, builder, i_v)
-            va = context.make_array(v_t)(context, builder, v_v)
-            wa = context.make_array(w_t)(context, builder, w_v)
-            ba = context.make_array(b_t)(context, builder, b_v)
-            ya = context.make_array(y_t)(context, builder, y_v)
-            four = _I64(4)
-            ldw = builder.sdiv(cgutils.unpack_tuple(builder, wa.strides, 2)[0], four)
-            ldy = builder.sdiv(cgutils.unpack_tuple(builder, ya.strides, 2)[0], four)
-            m = context.cast(builder, m_v, m_t, types.int64)
-            j0 = context.cast(builder, j0_v, j0_t, types.int64)
-            a = context.cast(builder, a_v, a_t, types.int64)
-            relu = builder.icmp_signed("!=", context.cast(builder, relu_v, relu_t, types.int64), _I64(0))
-            vptr = _VEC.as_pointer()
-            zero = ir.Constant(_VEC, [0.0] * LANES)
-            undef = ir.Constant(_VEC, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fma.v16f32")
-            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(vectors)]
-            w_base = builder.gep(wa.data, [j0])
-            with cgutils.for_range(builder, m) as loop:
-                q = loop.index
-                k = builder.load(builder.gep(ia.data, [q]))
-                s = builder.load(builder.gep(va.data, [q]))
-                b = builder.shuffle_vector(builder.insert_element(undef, s, _I32(0)), undef, splat)
-                w_row = builder.gep(w_base, [builder.mul(k, ldw)])
+            e = _Emitter(context, builder, signature, args)
+            b = builder
+            ia, va, wa, ba, ya = e.array(0), e.array(1), e.array(3), e.array(4), e.array(5)
+            ldw, ldy = e.row_stride(wa), e.row_stride(ya)
+            m, a = e.int64(2), e.int64(6)
+            relu = b.icmp_signed("!=", e.int64(7), _I64(0))
+            y_row = b.gep(ya.data, [b.mul(a, ldy)])
+
+            def emit(j0, vectors):
+                accs = [cgutils.alloca_once_value(b, e.zero) for _ in range(vectors)]
+                w_base = b.gep(wa.data, [j0])
+                with cgutils.for_range(b, m) as loop:
+                    q = loop.index
+                    k = b.load(b.gep(ia.data, [q]))
+                    xk = e.splat(b.load(b.gep(va.data, [q])))
+                    w_row = b.gep(w_base, [b.mul(k, ldw)])
+                    for v in range(vectors):
+                        b.store(b.call(e.fma, [xk, e.load_vec(w_row, v), b.load(accs[v])]), accs[v])
+                b_row = b.gep(ba.data, [j0])
                 for v in range(vectors):
-                    wv = builder.load(builder.bitcast(builder.gep(w_row, [_I64(v * LANES)]), vptr), align=4)
-                    builder.store(builder.call(fma, [b, wv, builder.load(accs[v])]), accs[v])
-            b_row = builder.gep(ba.data, [j0])
-            y_row = builder.gep(ya.data, [builder.add(builder.mul(a, ldy), j0)])
-            for v in range(vectors):
-                bias_v = builder.load(builder.bitcast(builder.gep(b_row, [_I64(v * LANES)]), vptr), align=4)
-                r = builder.fadd(builder.load(accs[v]), bias_v)
-                r = builder.select(relu, builder.select(builder.fcmp_ordered(">", r, zero), r, zero), r)
-                builder.store(r, builder.bitcast(builder.gep(y_row, [_I64(v * LANES)]), vptr), align=4)
-            return context.get_dummy_value()
+                    e.store_vec(e.finish(b.load(accs[v]), e.load_vec(b_row, v), relu),
+                                b.gep(y_row, [j0]), v)
+
+            return e.column_blocks(e.cols(wa), (16, 8, 4, 2, 1), emit)
 
         return sig, codegen
 

@@ -27,17 +27,10 @@ def _rotl(x, r):
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
-def _read64(buf, p):
+def _read_le(buf, p, nbytes):
+    """The little-endian unsigned integer of ``buf[p:p + nbytes]``."""
     v = np.uint64(0)
-    for i in range(8):
-        v |= np.uint64(buf[p + i]) << np.uint64(8 * i)
-    return v
-
-
-@njit(cache=CACHE, nogil=True, inline="always")
-def _read32(buf, p):
-    v = np.uint64(0)
-    for i in range(4):
+    for i in range(nbytes):
         v |= np.uint64(buf[p + i]) << np.uint64(8 * i)
     return v
 
@@ -67,10 +60,10 @@ def xxh64(buf, start, length):
         v3 = np.uint64(0)
         v4 = np.uint64(0) - _P1
         while p <= limit:
-            v1 = _round(v1, _read64(buf, p))
-            v2 = _round(v2, _read64(buf, p + 8))
-            v3 = _round(v3, _read64(buf, p + 16))
-            v4 = _round(v4, _read64(buf, p + 24))
+            v1 = _round(v1, _read_le(buf, p, 8))
+            v2 = _round(v2, _read_le(buf, p + 8, 8))
+            v3 = _round(v3, _read_le(buf, p + 16, 8))
+            v4 = _round(v4, _read_le(buf, p + 24, 8))
             p += 32
         h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
         h = _merge(h, v1)
@@ -81,11 +74,11 @@ def xxh64(buf, start, length):
         h = _P5
     h += np.uint64(length)
     while p + 8 <= end:
-        h ^= _round(np.uint64(0), _read64(buf, p))
+        h ^= _round(np.uint64(0), _read_le(buf, p, 8))
         h = _rotl(h, 27) * _P1 + _P4
         p += 8
     if p + 4 <= end:
-        h ^= _read32(buf, p) * _P1
+        h ^= _read_le(buf, p, 4) * _P1
         h = _rotl(h, 23) * _P2 + _P3
         p += 4
     while p < end:

@@ -166,3 +166,16 @@ def test_bad_requests_name_the_field(small_engine, ctx, ads, message):
         small_engine.score(ctx, ads)
     assert message in str(err.value)
     assert err.value.status_code == 422
+
+
+@pytest.mark.parametrize("hidden", [(300, 100, 17), (16, 15), (64, 48, 33)])
+def test_layer_widths_that_do_not_fill_vectors(tmp_path, hidden):
+    """Column blocks of 256/128/64/32/16 neurons and the scalar leftovers, in both forms."""
+    pkg = load_package(make_model(tmp_path / "w", hidden=hidden, dense_dim=2, seed=len(hidden)))
+    rng = np.random.default_rng(1)
+    for small_batch in (0, 1000):
+        engine = Engine(pkg, small_batch=small_batch, chunk=12)
+        for n_ads in (1, 3, 7, 29):
+            ctx, ads = random_request(rng, pkg, n_ads)
+            np.testing.assert_allclose(engine.score(ctx, ads), reference_scores(pkg, ctx, ads),
+                                       atol=TOL, rtol=0)
