@@ -240,3 +240,26 @@ def test_poller_thread_starts_and_stops(repo):
     finally:
         reg.stop()
     assert reg._thread is None
+
+
+def test_an_old_version_is_released_once_no_request_holds_it(tmp_path, small_model_dir):
+    """With the real loader: the old engine (and its memory maps) goes away after a swap as
+    soon as the last request holding it lets go, even though the registry freezes the GC."""
+    import shutil
+    import weakref
+
+    repo = ModelRepo(tmp_path / "repo")
+    for version in ("v1", "v2"):
+        staged = repo.staging_dir("ctr")
+        shutil.copytree(small_model_dir, staged, dirs_exist_ok=True)
+        repo.install("ctr", staged, version)
+        if version == "v1":
+            reg = Registry(repo, metrics=Metrics())
+            reg.sync_all()
+            held = reg.get("ctr")
+            old = weakref.ref(held.scorer)
+    assert reg.sync("ctr").live == "v2"
+    assert old() is not None  # a request still holds v1
+    assert held.scorer.score({}, [{"features": {}, "dense": [0, 0, 0]}]).shape == (1,)
+    del held
+    assert old() is None
