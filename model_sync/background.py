@@ -152,16 +152,18 @@ class SyncHandle:
         self.syncer.close()
 
 
-def lower_thread_priority(niceness: int = 19) -> str:
-    """Downloads run beside the request path: let requests win the CPU. On Linux this thread
-    becomes SCHED_IDLE (it runs only on CPU time nothing else wants; its md5 and copies never
-    delay a request's wake-up), else as nice as allowed. Returns what was set."""
+def lower_thread_priority(idle: bool = False, niceness: int = 10) -> str:
+    """Let requests win the CPU over downloads. ``idle``: Linux SCHED_IDLE (runs only on CPU time
+    nothing else wants) for a process of its own, the ``ctr-sync --low-priority`` sidecar. A thread
+    inside the service only gets ``nice``: it shares the GIL with the request path, and a thread
+    that could be starved while holding the GIL would stall requests instead. Returns what was set."""
     tid = threading.get_native_id()
-    try:
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        return "SCHED_IDLE"
-    except (AttributeError, OSError):
-        pass
+    if idle:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except (AttributeError, OSError):
+            pass
     try:
         os.setpriority(os.PRIO_PROCESS, tid, niceness)
         return f"nice {niceness}"

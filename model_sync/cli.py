@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.low_priority:
         from .background import lower_thread_priority
 
-        log.info("CPU priority: %s", lower_thread_priority())
+        log.info("CPU priority: %s", lower_thread_priority(idle=True, niceness=19))
     if args.once:
         result = syncer.cycle(wait_for_lock=True)
         syncer.close()

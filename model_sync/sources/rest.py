@@ -71,6 +71,8 @@ def response_error(resp: requests.Response, host: str, what: str) -> SourceError
         retriable = name in RETRIABLE_EXCEPTIONS or status >= 500 or status in RETRIABLE_STATUS
     else:
         text = body.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
+        if text.startswith("<"):  # an HTML error page says no more than the status line
+            text = ""
         detail = f"{resp.reason or ''} {text}".strip()
         retriable = status >= 500 or status in RETRIABLE_STATUS
     hint = ""

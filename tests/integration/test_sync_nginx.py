@@ -47,15 +47,15 @@ def test_http_source_installs_then_polls_fetch_only_checksums(www, nginx, make_s
     assert result.status == INSTALLED and result.version == "v2"
 
 
-def test_http_missing_file_and_symlink_are_final_errors(www, nginx, make_syncer):
+def test_http_missing_file_and_symlink_are_final_errors(www, nginx, make_syncer, tmp_path):
     pkg = www.publish("v1", seed=1)
     (pkg / "mlp/b0.npy").unlink()
     result = make_syncer(f"{nginx.url}/models/ctr", retries=2).cycle()
     assert result.status == FAILED and result.attempts == 1
-    assert "mlp/b0.npy" in result.message and "HTTP 404" in result.message
+    assert "mlp/b0.npy" in result.message and "HTTP 404 Not Found (not found" in result.message
 
     www.publish("v1", seed=1)
     (pkg / "mlp/b0.npy").unlink()
     (pkg / "mlp/b0.npy").symlink_to(pkg / "mlp/b1.npy")
-    result = make_syncer(f"{nginx.url}/models/ctr", retries=2, model="other").cycle()
+    result = make_syncer(f"{nginx.url}/models/ctr", retries=2, repo=tmp_path / "repo2").cycle()
     assert result.status == FAILED and "HTTP 403" in result.message  # nginx: disable_symlinks on
