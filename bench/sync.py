@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -189,6 +190,16 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 400) -> None:
     raise SystemExit("ctr-serve not ready in time")
 
 
+class Round(NamedTuple):
+    """Monotonic times of one round: baseline start, landed, download start, installed, served."""
+
+    base: float
+    landed: float
+    download: float
+    installed: float
+    served: float
+
+
 def run(v1: Path, v2: Path, *, rate: str, interval: float, baseline_s: float, rounds: int, work: Path,
         sidecar: bool = False) -> dict:
     ns = work / "hdfs"
@@ -261,18 +272,24 @@ def run(v1: Path, v2: Path, *, rate: str, interval: float, baseline_s: float, ro
         gw.terminate()
         gw.wait(10)
         log.close()
-    base = [x for b, l, *_ in marks for x in load.window(b, l)]
-    during = [x for _, _, d, i, _ in marks for x in load.window(d, i)]
-    swap = [x for *_, i, s in marks for x in load.window(i, s)]
-    med = lambda xs: round(statistics.median(xs), 2)  # noqa: E731
+    rs = [Round(*m) for m in marks]
+    base = [x for r in rs for x in load.window(r.base, r.landed)]
+    during = [x for r in rs for x in load.window(r.download, r.installed)]
+    swap = [x for r in rs for x in load.window(r.installed, r.served)]
+
+    def med(xs: list[float]) -> float:
+        return round(statistics.median(xs), 2)
+
     size = size_of(v2)
+    download_s = med([r.installed - r.download for r in rs])
     return {
-        "mode": "sidecar" if sidecar else "in-process", "rate_limit": rate, "package_bytes": size, "interval_s": interval, "rounds": rounds,
-        "time_to_serve_s": [round(s - l, 2) for _, l, _, _, s in marks],
-        "poll_wait_s": med([d - l for _, l, d, _, _ in marks]),
-        "download_s": med([i - d for *_, d, i, _ in marks]),
-        "load_warm_swap_s": med([s - i for *_, i, s in marks]),
-        "download_MiBps": round(size / (1 << 20) / med([i - d for *_, d, i, _ in marks]), 1),
+        "mode": "sidecar" if sidecar else "in-process", "rate_limit": rate, "package_bytes": size,
+        "interval_s": interval, "rounds": rounds,
+        "time_to_serve_s": [round(r.served - r.landed, 2) for r in rs],
+        "poll_wait_s": med([r.download - r.landed for r in rs]),
+        "download_s": download_s,
+        "load_warm_swap_s": med([r.served - r.installed for r in rs]),
+        "download_MiBps": round(size / (1 << 20) / download_s, 1),
         "p50_ms": {"before": round(pct(base, 50), 2), "download": round(pct(during, 50), 2),
                    "load_swap": round(pct(swap, 50), 2)},
         "p99_ms": {"before": round(pct(base, 99), 2), "download": round(pct(during, 99), 2),

@@ -208,7 +208,8 @@ class Syncer:
                 shutil.rmtree(state["staging"], ignore_errors=True)
             small = state.get("small_bytes", 0)
             state.clear()
-            state.update(small_bytes=small, digest=digest, staging=self.repo.staging_dir(self.model), started=time.monotonic())
+            state.update(small_bytes=small, digest=digest, staging=self.repo.staging_dir(self.model),
+                         started=time.monotonic())
             state["transfer"] = Transfer(self.source, state["staging"], sums, bucket=self.bucket,
                                          max_file_bytes=self.config.max_file_bytes, model=self.model,
                                          stop=self.stop_event, deadline=deadline)

@@ -41,16 +41,12 @@ class HttpSource(Source):
         if resp.status_code not in (200, 206):
             raise rest.response_error(resp, host, what)
         start = offset if resp.status_code == 206 else 0
-        length = resp.headers.get("Content-Length")
         if resp.status_code == 206 and not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
             resp.close()
             raise SourceError(f"{what} on {host}: Content-Range does not start at {offset}",
                               retriable=True, host=host)
-        try:
-            yield Download(start, int(length) if length is not None else None,
-                           rest.iter_body(resp, host, what))
-        finally:
-            resp.close()
+        with rest.as_download(resp, start, host, what) as dl:
+            yield dl
 
     def close(self) -> None:
         self.session.close()

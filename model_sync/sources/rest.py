@@ -8,6 +8,7 @@ a later try may help: connection errors, timeouts (also mid-body), dropped conne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Iterator
@@ -15,7 +16,7 @@ from typing import Iterator
 import requests
 import urllib3
 
-from .base import CHUNK, SourceError
+from .base import CHUNK, Download, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,16 @@ def iter_body(resp: requests.Response, host: str, what: str) -> Iterator[bytes]:
             yield chunk
     except (requests.RequestException, OSError, urllib3.exceptions.HTTPError) as exc:
         raise network_error(exc, host, what) from None
+    finally:
+        resp.close()
+
+
+@contextlib.contextmanager
+def as_download(resp: requests.Response, start: int, host: str, what: str) -> Iterator[Download]:
+    """A 200/206 answer as a :class:`Download` starting at byte ``start``; closed afterwards."""
+    length = resp.headers.get("Content-Length")
+    try:
+        yield Download(start, int(length) if length is not None else None, iter_body(resp, host, what))
     finally:
         resp.close()
 

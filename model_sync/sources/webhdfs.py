@@ -129,12 +129,8 @@ class WebHdfsSource(Source):
                             timeout=self.timeout)
         if resp.status_code != 200:
             raise rest.response_error(resp, host, what)
-        length = resp.headers.get("Content-Length")
-        try:
-            yield Download(offset, int(length) if length is not None else None,
-                           rest.iter_body(resp, host, what))
-        finally:
-            resp.close()
+        with rest.as_download(resp, offset, host, what) as dl:
+            yield dl
 
     def close(self) -> None:
         self.session.close()

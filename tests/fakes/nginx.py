@@ -61,8 +61,9 @@ class Nginx:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                err = self.tmp / "error.log"
                 raise RuntimeError(f"nginx exited: {self.proc.stderr.read().decode()} "
-                                   f"{(self.tmp / 'error.log').read_text() if (self.tmp / 'error.log').exists() else ''}")
+                                   f"{err.read_text() if err.exists() else ''}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     break

@@ -20,8 +20,9 @@ def served_version(server: Server) -> str | None:
 def test_new_version_on_httpfs_is_served_within_the_poll_interval(cluster, tmp_path):
     cluster.publish("v1", seed=1)
     gws = cluster.httpfs(2)
+    # CTR_POLL_INTERVAL 30: the registry's own repository poll is too slow to explain a fast swap
     env = {"CTR_SYNC_SOURCE": cluster.url("httpfs", gws), "CTR_SYNC_INTERVAL": str(INTERVAL),
-           "CTR_SYNC_RATE_LIMIT": "0", "CTR_SYNC_RETRIES": "1", "CTR_POLL_INTERVAL": "30"}  # the repo poll alone would be slow
+           "CTR_SYNC_RATE_LIMIT": "0", "CTR_SYNC_RETRIES": "1", "CTR_POLL_INTERVAL": "30"}
     server = Server(tmp_path / "repo", tmp_path / "server.log", args=["--no-demo"], env=env)
     try:
         server.wait(timeout=90)
