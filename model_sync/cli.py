@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.path.exists(args.repo) and not os.path.isdir(args.repo):
+        parser.error(f"--repo {args.repo!r}: exists and is not a directory")
     if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
         parser.error(f"--metrics-port: expected 1-65535, got {args.metrics_port}")
     try:

@@ -135,11 +135,14 @@ class Syncer:
     def cycle(self, *, wait_for_lock: bool = False) -> SyncResult:
         """One poll: check, download if changed, install; retries inside; alarm on failure."""
         started = time.monotonic()
-        with self._sync_lock(wait_for_lock) as held:
-            if not held:
-                result = SyncResult(SKIPPED, "another process is syncing this model")
-            else:
-                result = self._cycle_locked(started)
+        try:
+            with self._sync_lock(wait_for_lock) as held:
+                if not held:
+                    result = SyncResult(SKIPPED, "another process is syncing this model")
+                else:
+                    result = self._cycle_locked(started)
+        except OSError as exc:  # the repository itself: not a directory, no permission, disk full
+            result = SyncResult(FAILED, f"local repository {self.repo.root}: {exc}")
         result.seconds = time.monotonic() - started
         self._record(result)
         return result

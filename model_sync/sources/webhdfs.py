@@ -128,9 +128,24 @@ class WebHdfsSource(Source):
             resp = rest.get(self.session, target, host, f"{what} via DataNode {datanode}",
                             timeout=self.timeout)
         if resp.status_code != 200:
-            raise rest.response_error(resp, host, what)
+            err = rest.response_error(resp, host, what)
+            if resp.status_code == 404:
+                err = SourceError(f"{err}; {self._explain_missing(host, name)}", retriable=False, host=host)
+            raise err
         with rest.as_download(resp, offset, host, what) as dl:
             yield dl
+
+    def _explain_missing(self, host: str, name: str) -> str:
+        """Why a package file is missing, from GETFILESTATUS of the package directory."""
+        try:
+            status = self.get_file_status(host)
+        except SourceError as exc:
+            if "HTTP 404" in str(exc):
+                return f"the package directory {self.path} does not exist"
+            return "the package directory cannot be checked"
+        if status.get("type") != "DIRECTORY":
+            return f"{self.path} is a {str(status.get('type', '?')).lower()}; --source must name the package directory"
+        return f"the directory {self.path} exists but has no {name} (an export still being written?)"
 
     def close(self) -> None:
         self.session.close()

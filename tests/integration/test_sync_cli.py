@@ -64,6 +64,9 @@ def test_bad_flags_are_named(tmp_path):
         out = ctr_sync(*args, *repo)
         assert out.returncode == 2, (args, out.stderr)
         assert message in out.stderr, (args, out.stderr)
+    (tmp_path / "afile").write_text("x")
+    not_dir = ctr_sync("--source", "file:///x", "--repo", str(tmp_path / "afile"), "--model", "ctr", "--once")
+    assert not_dir.returncode == 2 and "exists and is not a directory" in not_dir.stderr
     bad_model = ctr_sync("--source", "file:///x", "--repo", str(tmp_path), "--model", "../etc", "--once")
     assert bad_model.returncode == 2 and "model name" in bad_model.stderr
     assert not (tmp_path / "repo").exists()

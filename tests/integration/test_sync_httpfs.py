@@ -210,6 +210,19 @@ def test_user_name_sent_and_missing_path_is_a_clear_final_error(cluster, make_sy
                           model="other").cycle()
     assert missing.status == FAILED and missing.attempts == 1
     assert "FileNotFoundException: File does not exist: /models/nope/checksums.md5" in missing.message
+    assert "the package directory /models/nope does not exist" in missing.message
+
+
+def test_missing_checksums_explained_by_getfilestatus(cluster, make_syncer):
+    (cluster.root / "models/empty").mkdir(parents=True)
+    (cluster.root / "models/file.npy").write_bytes(b"x")
+    (gw,) = cluster.httpfs(1)
+    empty = make_syncer(cluster.url("httpfs", [gw], "/models/empty")).cycle()
+    assert empty.status == FAILED and "/models/empty exists but has no checksums.md5" in empty.message
+    a_file = make_syncer(cluster.url("httpfs", [gw], "/models/file.npy"), repo=cluster.root.parent / "r2").cycle()
+    assert a_file.status == FAILED and "/models/file.npy is a file; --source must name the package directory" \
+        in a_file.message
+    assert [r[0] for r in gw.served.requests].count("GETFILESTATUS") == 2
 
 
 def test_backups_rotate_and_live_version_is_never_deleted(cluster, make_syncer):

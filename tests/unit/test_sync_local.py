@@ -55,3 +55,10 @@ def test_background_handle_sync_now_and_stop(tmp_path):
     finally:
         handle.stop()
     assert not handle._thread.is_alive()
+
+
+def test_unusable_repository_is_a_failed_cycle_not_a_crash(tmp_path):
+    make_model(tmp_path / "remote", version="v1")
+    (tmp_path / "repo").write_text("not a directory")
+    result = Syncer(config(tmp_path)).cycle()
+    assert result.status == FAILED and result.message.startswith(f"local repository {tmp_path / 'repo'}")
