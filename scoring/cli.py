@@ -178,7 +178,8 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"ctr-serve: invalid settings: {exc}", file=sys.stderr)
             return 2
-    ensure_demo(settings)
+    else:  # with a sync source the repository fills itself: no demo model
+        ensure_demo(settings)
     if settings.workers > 1:
         _prepare_metrics_dir(settings)
     import uvicorn

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from scoring.repo import ModelRepo
+
 from ..fakes.fixtures import cluster  # noqa: F401  (fixture)
 from .server import Server
 
@@ -23,10 +25,11 @@ def test_new_version_on_httpfs_is_served_within_the_poll_interval(cluster, tmp_p
     # CTR_POLL_INTERVAL 30: the registry's own repository poll is too slow to explain a fast swap
     env = {"CTR_SYNC_SOURCE": cluster.url("httpfs", gws), "CTR_SYNC_INTERVAL": str(INTERVAL),
            "CTR_SYNC_RATE_LIMIT": "0", "CTR_SYNC_RETRIES": "1", "CTR_POLL_INTERVAL": "30"}
-    server = Server(tmp_path / "repo", tmp_path / "server.log", args=["--no-demo"], env=env)
+    server = Server(tmp_path / "repo", tmp_path / "server.log", env=env)
     try:
         server.wait(timeout=90)
         assert served_version(server) == "v1"
+        assert ModelRepo(tmp_path / "repo").models() == ["ctr"]  # a sync source, so no demo model
 
         cluster.publish("v2", seed=2)
         t0 = time.monotonic()
