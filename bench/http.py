@@ -118,8 +118,31 @@ def check_scores(port: int, docs: list[dict], package_dir: Path) -> float:
     return worst
 
 
+def server_histogram(port: int) -> dict[float, float] | None:
+    """``ctr_request_seconds`` buckets (le -> count) from /metrics; None for the baseline."""
+    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text if port else ""
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("ctr_request_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] = buckets.get(float(le), 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets or None
+
+
+def histogram_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """p50/p90/p99 (ms, upper bucket bounds) of what the server timed between two scrapes."""
+    les = sorted(after)
+    counts = [after[le] - before.get(le, 0.0) for le in les]
+    total = counts[-1]
+    out = {}
+    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        le = next(le for le, c in zip(les, counts) if c >= q * total)
+        out[name] = round(le * 1e3, 3)
+    return out
+
+
 def measure(port: int, bodies: list[bytes], *, max_seconds: float, rate_seconds: float,
-            client_cpu: int | None) -> dict:
+            client_cpu: int | None, ours: bool) -> dict:
     url = f"http://{HOST}:{port}"
     wrk(url, "/v1/score", bodies, seconds=2, cpu=client_cpu)  # warm caches and the allocator
     peak = wrk(url, "/v1/score", bodies, seconds=max_seconds, cpu=client_cpu)
@@ -129,11 +152,14 @@ def measure(port: int, bodies: list[bytes], *, max_seconds: float, rate_seconds:
     reqs = [http_request(HOST, port, "/v1/score", b) for b in bodies]
     for frac in FRACTIONS:
         rate = max(1.0, peak.requests_per_s * frac)
+        before = server_histogram(port) if ours else None
         res = open_loop(HOST, port, reqs, rate=rate, seconds=rate_seconds)
-        out["at"][f"{int(frac * 100)}%"] = {
+        at = out["at"][f"{int(frac * 100)}%"] = {
             "rate": round(rate, 1), "achieved": round(res.achieved, 1), "non_200": res.non_200,
             "max_send_lag_ms": round(res.max_send_lag * 1e3, 3), "connections": res.connections,
             **{k: round(v, 3) for k, v in res.percentiles().items()}}
+        if before is not None:  # the server's own timing of the same requests (no network)
+            at["server_side_ms"] = histogram_quantiles(before, server_histogram(port))
     return out
 
 
@@ -156,7 +182,7 @@ def run(args: argparse.Namespace) -> dict:
         result["ours_max_abs_error"] = check_scores(port, docs, package_dir)
         result["generator_floor_ms"] = {k: round(v, 3) for k, v in calibrate(HOST, port).items()}
         result["ours"] = measure(port, bodies, max_seconds=max_s, rate_seconds=rate_s,
-                                 client_cpu=client_cpu)
+                                 client_cpu=client_cpu, ours=True)
         result["ours"]["rss_mb"] = current_rss(ours.pid) >> 20
     finally:
         stop(ours)
@@ -167,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         result["baseline_max_abs_error"] = check_scores(port, docs, package_dir)
         result["baseline"] = measure(port, bodies, max_seconds=max_s, rate_seconds=rate_s,
-                                     client_cpu=client_cpu)
+                                     client_cpu=client_cpu, ours=False)
         result["baseline"]["rss_mb"] = current_rss(base.pid) >> 20
     finally:
         stop(base)
@@ -193,6 +219,10 @@ def report(r: dict) -> str:
                     else "| | | |")
             lines.append(f"{head} {frac} | {a['achieved']:.0f} | {a['p50']:.2f} | {a['p90']:.2f} | "
                          f"{a['p99']:.2f} | {a['p99.9']:.2f} | {a['non_200']} |")
+    lines += ["", "ctr-serve's own timing (ctr_request_seconds, body read to response built; "
+              "bucket upper bounds): " + "; ".join(
+                  f"{k}: p50 {a['server_side_ms']['p50']} / p90 {a['server_side_ms']['p90']} / "
+                  f"p99 {a['server_side_ms']['p99']} ms" for k, a in r["ours"]["at"].items())]
     lines += ["", f"ratios (ours / baseline): throughput {r['ratios']['throughput']}x; p99 "
               + ", ".join(f"{k.removeprefix('p99_at_')}: {v}x lower" for k, v in r["ratios"].items()
                           if k.startswith("p99"))]

@@ -3,8 +3,9 @@
     python -m bench.swap [--quick] [--rate R] [--json PATH]
 
 The server runs on one core (``taskset -c 0``), this script and its open-loop generator on the
-other. The load is 100-ad requests at a fixed rate (default: half of the maximum wrk measures
-first). After a steady phase, five new versions of the demo model (same size, other seeds) are
+other. The load is 100-ad requests at a fixed rate (default: 30 % of the maximum wrk measures
+first; on a core shared with other jobs, higher rates let their bursts build queues that drown
+what a swap does). After a steady phase, five new versions of the demo model (same size, other seeds) are
 installed one after another the way the syncer installs them (one rename into the repository);
 the server picks each up at its next poll, validates, loads and warms it beside the serving path,
 and swaps. Reported: non-200 responses, p99 in 1-s windows while a swap is under way against the
@@ -39,6 +40,7 @@ from .loadgen import OpenLoopResult, http_request, open_loop, pin, wrk  # noqa: 
 from .procmem import current_rss  # noqa: E402
 
 SWAPS = 5
+LOAD = 0.3  # of the measured maximum, when --rate is not given
 
 
 def cached_version(seed: int) -> Path:
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
         rate = args.rate
         if not rate:
             wrk(url, "/v1/score", bodies, seconds=2, cpu=client_cpu)
-            rate = 0.5 * wrk(url, "/v1/score", bodies, seconds=3, cpu=client_cpu).requests_per_s
+            rate = LOAD * wrk(url, "/v1/score", bodies, seconds=3, cpu=client_cpu).requests_per_s
         total = steady_s + SWAPS * gap_s + 1.0
         reqs = [http_request(HOST, port, "/v1/score", b) for b in bodies]
         holder: dict[str, OpenLoopResult] = {}
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short phases (under a minute)")
     parser.add_argument("--rate", type=float, default=None,
-                        help="requests per second (default: half the measured maximum)")
+                        help="requests per second (default: 30%% of the measured maximum)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
