@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate-limit", default="50M,0",
                    help="comma-separated rate limits, one run each; 0 = full speed (default 50M,0)")
     p.add_argument("--interval", type=float, default=5.0, help="CTR_SYNC_INTERVAL (default 5 s)")
+    p.add_argument("--rounds", type=int, help="new exports per rate limit (default 3; 2 with --quick)")
     p.add_argument("--sidecar", action="store_true",
                    help="sync with a ctr-sync process next to ctr-serve instead of in-process")
     p.add_argument("--json", type=Path, default=RESULTS / "sync.json")
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     v1, v2 = packages(shift)
     print(f"packages ready ({size_of(v2) / 1e6:.0f} MB each) in {time.perf_counter() - t0:.1f}s", flush=True)
     baseline = 2.0 if args.quick else 4.0
-    rounds = 2 if args.quick else 3
+    rounds = args.rounds or (2 if args.quick else 3)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
         for rate in args.rate_limit.split(","):
