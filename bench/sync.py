@@ -42,6 +42,8 @@ from scoring.demo import AD_GROUPS, CONTEXT_GROUPS, write_demo
 from scoring.package import CHECKSUMS
 from scoring.repo import ModelRepo
 
+from .http import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL_PATH = "models/ctr"
@@ -218,9 +220,7 @@ def run(v1: Path, v2: Path, *, rate: str, interval: float, baseline_s: float, ro
     gw = subprocess.Popen([sys.executable, "-m", "tests.fakes.hdfs", "--root", str(ns)], cwd=ROOT,
                           stdout=subprocess.PIPE, text=True, preexec_fn=_remote_host)
     address = gw.stdout.readline().strip()
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     source = f"httpfs://{address}/{MODEL_PATH}"
     env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     if not sidecar:
