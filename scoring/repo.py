@@ -236,14 +236,19 @@ class ModelRepo:
         return dest
 
     def prune(self, name: str, keep: int) -> list[str]:
-        """Delete the oldest versions beyond ``keep``; never the live one. Returns those deleted."""
+        """Keep ``keep`` versions, the live one counted, and delete the older rest. The live version
+        and the newest one (which may be waiting to go live) are never deleted. Returns those
+        deleted."""
         keep = max(1, keep)
         with self.locked(name):
             state = self.state(name)
             versions = self.versions(name)
-            protected = {state.live} if state.live else set()
-            survivors = [v for v in versions if v not in protected]
-            doomed = survivors[:max(0, len(versions) - keep)] if len(versions) > keep else []
+            kept = {state.live} if state.live in versions else set()
+            for v in reversed(versions):
+                if len(kept) >= keep and v != versions[-1]:
+                    break
+                kept.add(v)
+            doomed = [v for v in versions if v not in kept]
             for v in doomed:
                 shutil.rmtree(self.path(name, v), ignore_errors=True)
                 state.installed.pop(v, None)
@@ -252,13 +257,19 @@ class ModelRepo:
                 self._write_state(name, state)
         return doomed
 
-    def clean_staging(self, older_than: float = 0.0) -> int:
-        """Remove leftovers of interrupted downloads; returns how many were removed."""
+    def clean_staging(self, name: str | None = None, older_than: float = 0.0) -> int:
+        """Remove leftovers of interrupted downloads (of one model, or of all); returns how many.
+
+        Call it for a model only while holding that model's download lock, or at a start when
+        no download can be running."""
         staging = self.root / STAGING
         if not staging.is_dir():
             return 0
+        prefix = f"{check_name(name, 'model name')}-" if name else ""
         now, n = time.time(), 0
         for p in staging.iterdir():
+            if prefix and not p.name.startswith(prefix):
+                continue
             with contextlib.suppress(OSError):
                 if now - p.stat().st_mtime >= older_than:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()

@@ -64,7 +64,7 @@ def test_prune_keeps_n_and_never_the_live_version(tmp_path):
         _install(repo, tmp_path, v)
     repo.set_live("ctr", "v1")
     deleted = repo.prune("ctr", keep=3)
-    assert deleted == ["v2", "v3"]
+    assert deleted == ["v2", "v3"]             # the live one counts among the 3 kept
     assert repo.versions("ctr") == ["v1", "v4", "v5"]
     assert (tmp_path / "repo" / "ctr" / "v1" / "manifest.json").is_file()
 
@@ -84,3 +84,19 @@ def test_names_are_checked(tmp_path):
         repo.path("../etc", "v1")
     with pytest.raises(PackageError, match="version"):
         repo.path("ctr", ".hidden")
+
+
+def test_prune_never_deletes_a_new_version_waiting_to_go_live(tmp_path):
+    repo = ModelRepo(tmp_path / "repo")
+    _install(repo, tmp_path, "old")
+    repo.set_live("ctr", "old")
+    _install(repo, tmp_path, "new")
+    assert repo.prune("ctr", keep=1) == []
+    assert repo.versions("ctr") == ["old", "new"]
+
+
+def test_clean_staging_of_one_model_leaves_the_others(tmp_path):
+    repo = ModelRepo(tmp_path / "repo")
+    mine, other = repo.staging_dir("ctr"), repo.staging_dir("ctr2")
+    assert repo.clean_staging("ctr") == 1
+    assert not mine.exists() and other.exists()
