@@ -188,3 +188,12 @@ def test_openapi_describes_the_score_body(api_server):
                                  "/v1/models/{name}/reload", "/v1/models/{name}/rollback",
                                  "/healthz", "/readyz", "/metrics"}
     assert "swagger-ui" in api_server.client.get("/docs").text
+
+
+@pytest.mark.parametrize("name", ["%24bad", ".hidden", "-x", "a%20b", "x" * 200])
+def test_odd_model_names_are_404_everywhere(api_server, name):
+    assert api_server.client.get(f"/v1/models/{name}").status_code == 404
+    assert api_server.client.post(f"/v1/models/{name}/score", json={"ads": []}).status_code == 404
+    for action in ("reload", "rollback"):
+        r = api_server.admin("POST", f"/v1/models/{name}/{action}")
+        assert r.status_code == 404 and r.json()["error"]
