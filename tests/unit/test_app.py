@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import os
 
+import warnings
+
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
+
+with warnings.catch_warnings():  # starlette's TestClient says it prefers httpx2; httpx works
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 from scoring.api import create_app
 from scoring.cli import build_parser, settings_from_args
