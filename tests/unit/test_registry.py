@@ -62,6 +62,15 @@ def make(repo: ModelRepo, loader: FakeLoader | None = None, **kw) -> tuple[Regis
     return Registry(repo, loader=loader, metrics=Metrics(), **kw), loader
 
 
+def serving_v2(repo: ModelRepo) -> tuple[Registry, FakeLoader]:
+    """A registry that served v1 and now serves v2."""
+    reg, loader = make(repo)
+    reg.sync_all()
+    install(repo, "v2")
+    assert reg.sync("ctr").live == "v2"
+    return reg, loader
+
+
 def test_first_sync_loads_and_records_the_live_version(repo):
     reg, loader = make(repo)
     assert reg.ready() == (False, ["the repository has not been read yet"])
@@ -119,10 +128,7 @@ def test_a_failure_that_is_not_the_package_is_retried_only_on_reload(repo):
 
 
 def test_rollback_sticks_until_a_newer_version_arrives(repo):
-    reg, _ = make(repo)
-    reg.sync_all()
-    install(repo, "v2")
-    reg.sync("ctr")
+    reg, _ = serving_v2(repo)
     result = reg.rollback("ctr")
     assert result.live == "v1" and reg.get("ctr").version == "v1"
     assert repo.state("ctr").live == "v1"
@@ -162,10 +168,7 @@ def test_a_version_installed_during_a_load_goes_live_next(repo):
 
 
 def test_a_load_overtaken_by_a_rollback_is_not_served(repo):
-    reg, loader = make(repo)
-    reg.sync_all()
-    install(repo, "v2")
-    reg.sync("ctr")
+    reg, loader = serving_v2(repo)
     install(repo, "v3")
     other, _ = make(repo)
     other.sync_all()  # another process made v3 live; this one follows it, and while it loads
