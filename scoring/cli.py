@@ -143,14 +143,17 @@ def app_factory():
     return build_app(settings)
 
 
-def _prepare_metrics_dir(settings: Settings) -> None:
+def _prepare_metrics_dir(settings: Settings) -> Path | None:
     """Multi-process Prometheus: every worker writes its values to files in one fresh directory;
-    it must be in the environment before any worker imports prometheus_client."""
-    path = Path(settings.metrics_dir or tempfile.mkdtemp(prefix="ctr-metrics-"))
+    it must be in the environment before any worker imports prometheus_client. Returns the
+    directory when it is a temporary one of ours (removed at exit)."""
+    temporary = None if settings.metrics_dir else Path(tempfile.mkdtemp(prefix="ctr-metrics-"))
+    path = Path(settings.metrics_dir or temporary)
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return temporary
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
@@ -180,15 +183,19 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
             return 2
     else:  # with a sync source the repository fills itself: no demo model
         ensure_demo(settings)
-    if settings.workers > 1:
-        _prepare_metrics_dir(settings)
+    temporary = _prepare_metrics_dir(settings) if settings.workers > 1 else None
     import uvicorn
 
     log.info("serving %s on http://%s:%d with %d worker(s)", settings.model_repo, settings.host,
              settings.port, settings.workers)
-    uvicorn.run("scoring.cli:app_factory", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_config=None, access_log=settings.access_log,
-                server_header=False, timeout_graceful_shutdown=10)
+    try:
+        uvicorn.run("scoring.cli:app_factory", factory=True, host=settings.host,
+                    port=settings.port, workers=settings.workers, log_config=None,
+                    access_log=settings.access_log, server_header=False,
+                    timeout_graceful_shutdown=10)
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
     return 0
 
 
