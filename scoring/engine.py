@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import orjson
 from numba import types
 from numba.typed import List
 
-from . import kernels
+from . import jsonscan, kernels
 from .features import EncodedBatch, FeatureLayout
 from .package import ModelPackage
 
@@ -59,6 +60,33 @@ def _flatten_layers(weights, biases, specs) -> tuple[np.ndarray, np.ndarray]:
     params = np.concatenate(pieces) if pieces else np.zeros(16, np.float32)
     layers = np.array(table, dtype=np.int64).reshape(-1, 5)
     return params, layers
+
+
+_LITERALS = tuple(np.array(list(word), dtype=np.uint8) for word in
+                  (b"null", b"context", b"ads", b"request_id", b"id", b"features", b"dense"))
+
+
+class _ScanBuffers:
+    """Output arrays of ``jsonscan.scan_request``, grown to the largest body seen."""
+
+    def __init__(self, n_slots: int) -> None:
+        self.capacity = 0
+        self.meta = np.zeros(8, dtype=np.int64)
+        self.num = np.zeros(1, dtype=np.uint64)
+        self.seen = np.zeros(max(1, n_slots), dtype=np.bool_)
+        self.have = np.zeros(3, dtype=np.bool_)
+
+    def fit(self, body_len: int) -> None:
+        if body_len <= self.capacity:
+            return
+        size = max(4096, body_len // 2 + 2)
+        self.ctx_ids = np.empty(size, dtype=np.uint64)
+        self.ctx_keys = np.empty(size, dtype=np.int64)
+        self.ctx_lens = np.empty(size, dtype=np.int64)
+        self.ad_ids = np.empty(size, dtype=np.uint64)
+        self.ad_keys = np.empty(size, dtype=np.int64)
+        self.ad_lens = np.empty(size, dtype=np.int64)
+        self.capacity = 2 * size - 4
 
 
 @dataclass
@@ -121,6 +149,7 @@ class Engine:
         self.out0 = self.w_ad.shape[1]
         self.width = max([self.w_ad.shape[0], self.out0] + [w.shape[1] for w in rest_w])
         self._pool: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
+        self._scan_pool: queue.SimpleQueue[_ScanBuffers] = queue.SimpleQueue()
         self.warm_seconds = 0.0
         if warm:
             self.warm_up()
@@ -171,6 +200,38 @@ class Engine:
         finally:
             self._pool.put(s)
         return out
+
+    def score_json(self, body: bytes, max_ads: int, max_values: int) -> tuple[np.ndarray, Any] | None:
+        """Score a raw score-request body through the compiled scanner (``jsonscan``).
+
+        Returns (pCTRs, request_id), or None when the body is outside the scanner's shape (escapes,
+        dense features, errors, limits exceeded, ...): the caller then decodes it the ordinary way,
+        which scores it or names what is wrong."""
+        if self.manifest.dense_dim:
+            return None
+        try:
+            sb = self._scan_pool.get_nowait()
+        except queue.Empty:
+            sb = _ScanBuffers(max(len(self.layout.ctx_groups), len(self.layout.ad_groups)))
+        try:
+            sb.fit(len(body))
+            names, offsets, hashes, slots, sides = self.layout.scan_tables
+            code = jsonscan.scan_request(
+                np.frombuffer(body, dtype=np.uint8), names, offsets, hashes, slots, sides,
+                len(self.layout.ad_groups), max_ads, max_values, _LITERALS, sb.ctx_ids,
+                sb.ctx_keys, sb.ctx_lens, sb.ad_ids, sb.ad_keys, sb.ad_lens, sb.meta, sb.num,
+                sb.seen, sb.have)
+            if code != jsonscan.OK:
+                return None
+            nc, ec, na, ea, n_ads, rid_kind, rid_s, rid_e = sb.meta.tolist()
+            batch = EncodedBatch(sb.ctx_ids[:nc], sb.ctx_keys[:ec], sb.ctx_lens[:ec],
+                                 sb.ad_ids[:na], sb.ad_keys[:ea], sb.ad_lens[:ea],
+                                 np.zeros((n_ads, 0), dtype=np.float32), n_ads)
+            scores = self.score_encoded(batch)
+        finally:
+            self._scan_pool.put(sb)
+        rid = orjson.loads(body[rid_s:rid_e]) if rid_kind != jsonscan.RID_NONE else None
+        return scores, rid
 
     def mlp(self, x_ctx: np.ndarray, x_ad: np.ndarray) -> np.ndarray:
         """The MLP alone on pooled inputs (context vector once, ad rows in kernel column order);

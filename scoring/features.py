@@ -150,6 +150,19 @@ class FeatureLayout:
         self.ad_groups = tuple(g for g in groups if g.side == "ad")
         self.ctx_slot = {g.name: i for i, g in enumerate(self.ctx_groups)}
         self.ad_slot = {g.name: i for i, g in enumerate(self.ad_groups)}
+        self.scan_tables = self._scan_tables()
+
+    def _scan_tables(self) -> tuple[np.ndarray, ...]:
+        """Group names for ``jsonscan``: UTF-8 bytes, offsets, xxh64s, slot and side (0 context,
+        1 ad) of each group."""
+        raw = [g.name.encode("utf-8") for g in self.groups]
+        names = np.frombuffer(b"".join(raw), dtype=np.uint8).copy() if raw else np.zeros(1, np.uint8)
+        offsets = np.concatenate([[0], np.cumsum([len(r) for r in raw])]).astype(np.int64)
+        hashes = np.array([xxh64_intdigest(r) for r in raw], dtype=np.uint64)
+        slots = np.array([self.ctx_slot.get(g.name, self.ad_slot.get(g.name, 0)) for g in self.groups],
+                         dtype=np.int64)
+        sides = np.array([0 if g.side == "context" else 1 for g in self.groups], dtype=np.int64)
+        return names, offsets, hashes, slots, sides
 
     def encode(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> EncodedBatch:
         """Hash one request; raise :class:`InvalidRequest` naming the first bad field."""

@@ -213,3 +213,23 @@ def prefetch_row(typingctx, table, row):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def load_le(typingctx, buf, p, nbytes):
+    """The little-endian unsigned integer of ``buf[p:p + nbytes]`` (``nbytes`` 4 or 8, a
+    compile-time literal) in one unaligned load; ``buf`` is a C-order uint8 array."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.uint8 and buf.layout == "C"
+            and isinstance(nbytes, types.IntegerLiteral) and nbytes.literal_value in (4, 8)):
+        return None
+    width = nbytes.literal_value * 8
+    sig = types.uint64(buf, p, nbytes)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        pos = context.cast(builder, args[1], signature.args[1], types.int64)
+        ptr = builder.bitcast(builder.gep(arr.data, [pos]), ir.IntType(width).as_pointer())
+        value = builder.load(ptr, align=1)
+        return builder.zext(value, _I64) if width < 64 else value
+
+    return sig, codegen
