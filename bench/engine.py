@@ -5,7 +5,8 @@
 On the demo-size net (512-256-256-256-128-1, 8 context + 8 ad groups) it times, for each batch
 size, round-robin so that machine noise hits every contender alike:
 
-  (a) engine full path: hash + gather/pool + MLP from request-shaped input (1-3 values per group)
+  (a) engine full path: hash + gather/pool + MLP from request-shaped input (1-3 values per group),
+      from decoded dicts (``Engine.score``) and from the JSON body itself (``Engine.score_json``)
   (b) engine MLP only: pooled inputs -> pCTR (context part once per request, as the engine does)
   (c) NumPy/BLAS MLP on the full [n, 512] input
   (d) ONNX Runtime (1 intra-op thread) on the identical MLP built with onnx.helper
@@ -32,6 +33,7 @@ from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
+import orjson  # noqa: E402
 
 from scoring.demo import write_demo  # noqa: E402
 from scoring.engine import Engine  # noqa: E402
@@ -142,7 +144,10 @@ def run(args: argparse.Namespace) -> dict:
         want = np_mlp(x)
         got = engine.mlp(x_ctx, x_ad)
         assert np.abs(got - want).max() < 1e-4, "engine MLP disagrees with NumPy"
+        body = orjson.dumps({"context": ctx, "ads": ads})
+        assert engine.score_json(body, 10_000, 64) is not None, "the scanner refused the body"
         fns = {
+            "engine_json": lambda: engine.score_json(body, 10_000, 64),
             "engine_full": lambda: engine.score(ctx, ads),
             "engine_mlp": lambda: engine.mlp(x_ctx, x_ad),
             "numpy_mlp": lambda: np_mlp(x),
@@ -155,6 +160,7 @@ def run(args: argparse.Namespace) -> dict:
         res["batch"] = n
         res["mlp_vs_ort"] = res["engine_mlp"] / res["onnxruntime_mlp"]
         res["full_vs_ort_mlp"] = res["engine_full"] / res["onnxruntime_mlp"]
+        res["json_vs_ort_mlp"] = res["engine_json"] / res["onnxruntime_mlp"]
         rows.append(res)
         print(_row(res), flush=True)
     return {"rows": rows, "gemm_peak_gflops": peak, "flops_per_ad": flops_full,
@@ -202,14 +208,14 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-HEADER = (f"{'batch':>6} {'full':>9} {'eng.mlp':>9} {'numpy':>9} {'ort':>9} {'floor':>7} "
-          f"{'mlp/ort':>8} {'full/ort':>9}   (us per ad)")
+HEADER = (f"{'batch':>6} {'json':>9} {'full':>9} {'eng.mlp':>9} {'numpy':>9} {'ort':>9} {'floor':>7} "
+          f"{'mlp/ort':>8} {'full/ort':>9} {'json/ort':>9}   (us per ad)")
 
 
 def _row(r: dict) -> str:
-    return (f"{r['batch']:>6} {r['engine_full']:>9.2f} {r['engine_mlp']:>9.2f} {r['numpy_mlp']:>9.2f} "
-            f"{r['onnxruntime_mlp']:>9.2f} {r['floor']:>7.2f} {r['mlp_vs_ort']:>8.2f} "
-            f"{r['full_vs_ort_mlp']:>9.2f}")
+    return (f"{r['batch']:>6} {r['engine_json']:>9.2f} {r['engine_full']:>9.2f} {r['engine_mlp']:>9.2f} "
+            f"{r['numpy_mlp']:>9.2f} {r['onnxruntime_mlp']:>9.2f} {r['floor']:>7.2f} "
+            f"{r['mlp_vs_ort']:>8.2f} {r['full_vs_ort_mlp']:>9.2f} {r['json_vs_ort_mlp']:>9.2f}")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -220,7 +226,8 @@ def plot(result: dict, path: Path) -> None:
     rows = result["rows"]
     xs = [r["batch"] for r in rows]
     fig, ax = plt.subplots(figsize=(8, 5))
-    for key, label in (("engine_full", "engine: hash + embed + MLP"), ("engine_mlp", "engine: MLP only"),
+    for key, label in (("engine_json", "engine: JSON bytes -> pCTR (scanner)"),
+                       ("engine_full", "engine: hash + embed + MLP"), ("engine_mlp", "engine: MLP only"),
                        ("numpy_mlp", "NumPy/BLAS MLP"), ("onnxruntime_mlp", "ONNX Runtime MLP (1 thread)"),
                        ("floor", "arithmetic floor (GEMM peak)"),
                        ("floor_split", "floor with the context split")):
