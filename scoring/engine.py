@@ -268,6 +268,10 @@ class Engine:
                                  for g in self.layout.ad_groups},
                     "dense": [0.5] * self.manifest.dense_dim} for _ in range(n)]
             self.score(ctx, ads)
+            if not self.manifest.dense_dim:  # the compiled body scanner the service tries first
+                body = orjson.dumps({"request_id": "warm-up", "context": ctx, "ads": ads})
+                if self.score_json(body, max_ads=n, max_values=2) is None:
+                    raise RuntimeError("warm-up: the body scanner refused a well-formed body")
         self.mlp(np.zeros(self._ctx.width, np.float32), np.zeros((1, self.w_ad.shape[0]), np.float32))
         self.touch_pages()
         self.warm_seconds = time.perf_counter() - t0

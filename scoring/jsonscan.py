@@ -43,6 +43,33 @@ def _ws(buf, p, n):
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
+def _next_item(buf, p, n, close):
+    """After an array or object item: past a ',' -> (p, 0); past the ``close`` byte -> (p, 1);
+    anything else -> (-1, -1)."""
+    p = _ws(buf, p, n)
+    if p < n and buf[p] == 44:
+        return _ws(buf, p + 1, n), 0
+    if p < n and buf[p] == close:
+        return p + 1, 1
+    return -1, -1
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _key(buf, p, n):
+    """An object key at ``p`` and its colon: (key start, key end, index of the value), or
+    (-1, -1, -1)."""
+    if p >= n or buf[p] != 34:
+        return -1, -1, -1
+    e = _string_end(buf, p, n)
+    if e < 0:
+        return -1, -1, -1
+    q = _ws(buf, e + 1, n)
+    if q >= n or buf[q] != 58:
+        return -1, -1, -1
+    return p + 1, e, _ws(buf, q + 1, n)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
 def _string_end(buf, p, n):
     """``buf[p]`` is the opening quote; return the index of the closing quote, or -1 when the
     string has an escape, a control character, invalid UTF-8 or no end."""
@@ -155,39 +182,29 @@ def _groups(buf, p, n, group_names, group_off, group_hash, group_slot, side, wan
     if p < n and buf[p] == 125:  # '}'
         return p + 1
     while True:
-        if p >= n or buf[p] != 34:
+        key_s, key_e, p = _key(buf, p, n)
+        if p < 0:
             return -1
-        e = _string_end(buf, p, n)
-        if e < 0:
-            return -1
-        g = _lookup(buf, p + 1, e, group_names, group_off, group_hash)
+        g = _lookup(buf, key_s, key_e, group_names, group_off, group_hash)
         if g < 0 or side[g] != want_side:
             return -1  # unknown group, or one of the other side: the ordinary path names it
         slot = group_slot[g]
         if seen[slot]:
             return -1
         seen[slot] = True
-        p = _ws(buf, e + 1, n)
-        if p >= n or buf[p] != 58:  # ':'
-            return -1
-        p = _ws(buf, p + 1, n)
         v0 = counts[0]
         if p < n and buf[p] == 91:  # '['
             p = _ws(buf, p + 1, n)
             if p < n and buf[p] == 93:
                 p += 1
             else:
-                while True:
+                closed = 0
+                while closed == 0:
                     p = _value(buf, p, n, ids, counts, num)
                     if p < 0:
                         return -1
-                    p = _ws(buf, p, n)
-                    if p < n and buf[p] == 44:
-                        p = _ws(buf, p + 1, n)
-                    elif p < n and buf[p] == 93:
-                        p += 1
-                        break
-                    else:
+                    p, closed = _next_item(buf, p, n, 93)
+                    if p < 0:
                         return -1
         else:
             p = _value(buf, p, n, ids, counts, num)
@@ -200,13 +217,9 @@ def _groups(buf, p, n, group_names, group_off, group_hash, group_slot, side, wan
         keys[entry] = base + slot
         lens[entry] = m
         counts[1] = entry + 1
-        p = _ws(buf, p, n)
-        if p < n and buf[p] == 44:
-            p = _ws(buf, p + 1, n)
-        elif p < n and buf[p] == 125:
-            return p + 1
-        else:
-            return -1
+        p, closed = _next_item(buf, p, n, 125)
+        if closed != 0:
+            return p
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
@@ -255,17 +268,10 @@ def scan_request(buf, group_names, group_off, group_hash, group_slot, group_side
     if p < n and buf[p] == 125:
         return FALLBACK  # no "ads": the ordinary decoder says so
     while True:
-        if p >= n or buf[p] != 34:
+        key_s, key_e, p = _key(buf, p, n)
+        if p < 0:
             return FALLBACK
-        e = _string_end(buf, p, n)
-        if e < 0:
-            return FALLBACK
-        key_s = p + 1
-        key_len = e - key_s
-        p = _ws(buf, e + 1, n)
-        if p >= n or buf[p] != 58:
-            return FALLBACK
-        p = _ws(buf, p + 1, n)
+        key_len = key_e - key_s
         if key_len == 7 and _is_literal(buf, key_s, n, lits[1]):  # "context"
             if have_ctx:
                 return FALLBACK
@@ -288,7 +294,8 @@ def scan_request(buf, group_names, group_off, group_hash, group_slot, group_side
             if p < n and buf[p] == 93:
                 p += 1
             else:
-                while True:
+                closed = 0
+                while closed == 0:
                     if row >= max_ads:
                         return FALLBACK
                     p = _ad(buf, p, n, row, group_names, group_off, group_hash, group_slot,
@@ -297,13 +304,8 @@ def scan_request(buf, group_names, group_off, group_hash, group_slot, group_side
                     if p < 0:
                         return FALLBACK
                     row += 1
-                    p = _ws(buf, p, n)
-                    if p < n and buf[p] == 44:
-                        p = _ws(buf, p + 1, n)
-                    elif p < n and buf[p] == 93:
-                        p += 1
-                        break
-                    else:
+                    p, closed = _next_item(buf, p, n, 93)
+                    if p < 0:
                         return FALLBACK
             meta[4] = row
         elif key_len == 10 and _is_literal(buf, key_s, n, lits[3]):  # "request_id"
@@ -330,14 +332,12 @@ def scan_request(buf, group_names, group_off, group_hash, group_slot, group_side
                 p = q
         else:
             return FALLBACK
-        p = _ws(buf, p, n)
-        if p < n and buf[p] == 44:
-            p = _ws(buf, p + 1, n)
-        elif p < n and buf[p] == 125:
-            p = _ws(buf, p + 1, n)
-            break
-        else:
+        p, closed = _next_item(buf, p, n, 125)
+        if p < 0:
             return FALLBACK
+        if closed:
+            p = _ws(buf, p, n)
+            break
     if p != n or not have_ads:
         return FALLBACK
     return OK
@@ -354,17 +354,10 @@ def _ad(buf, p, n, row, group_names, group_off, group_hash, group_slot, group_si
         return p + 1
     have[0] = have[1] = have[2] = False
     while True:
-        if p >= n or buf[p] != 34:
+        key_s, key_e, p = _key(buf, p, n)
+        if p < 0:
             return -1
-        e = _string_end(buf, p, n)
-        if e < 0:
-            return -1
-        key_s = p + 1
-        key_len = e - key_s
-        p = _ws(buf, e + 1, n)
-        if p >= n or buf[p] != 58:
-            return -1
-        p = _ws(buf, p + 1, n)
+        key_len = key_e - key_s
         if key_len == 8 and _is_literal(buf, key_s, n, lits[5]):  # "features"
             if have[0]:
                 return -1
@@ -400,10 +393,6 @@ def _ad(buf, p, n, row, group_names, group_off, group_hash, group_slot, group_si
                 return -1
         else:
             return -1
-        p = _ws(buf, p, n)
-        if p < n and buf[p] == 44:
-            p = _ws(buf, p + 1, n)
-        elif p < n and buf[p] == 125:
-            return p + 1
-        else:
-            return -1
+        p, closed = _next_item(buf, p, n, 125)
+        if closed != 0:
+            return p
