@@ -103,7 +103,7 @@ def build_app(settings: Settings):
 
     metrics = Metrics()
     config = load_models_config(settings.models_config) if settings.models_config else None
-    models = [m.name for m in config.native] if config else settings.models
+    models = [m.name for m in config.native] if config else (settings.models or None)
     default = (config.default if config else None) or settings.default_model
     registry = Registry(ModelRepo(settings.model_repo), models=models, default_model=default,
                         keep=settings.keep_versions, poll_interval=settings.poll_interval,

@@ -113,7 +113,7 @@ class Registry:
         self.poll_interval = poll_interval
         self.metrics = metrics
         self.loader = loader
-        self._configured = list(models) if models else None
+        self._configured = list(models) if models is not None else None  # [] = no native model
         self._default_name = default_model
         self._live: dict[str, LiveModel] = {}
         self._static: set[str] = set()
@@ -179,7 +179,7 @@ class Registry:
         return sorted(set(self._expected) | self._static)
 
     def sync_all(self) -> list[SyncResult]:
-        names = self._configured or self.repo.models()
+        names = self._configured if self._configured is not None else self.repo.models()
         if self._expected is None:
             self._expected = list(names)
         results = []

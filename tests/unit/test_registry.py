@@ -266,3 +266,10 @@ def test_an_old_version_is_released_once_no_request_holds_it(tmp_path, small_mod
     assert held.scorer.score({}, [{"features": {}, "dense": [0, 0, 0]}]).shape == (1,)
     del held
     assert old() is None
+
+
+def test_an_empty_model_list_serves_no_repository_model(repo):
+    """A models config with only TF Serving models must not start serving the whole repo."""
+    reg, loader = make(repo, models=[])
+    reg.sync_all()
+    assert loader.calls == [] and reg.names() == []
