@@ -20,12 +20,18 @@ import numpy as np
 from numba import njit
 
 from .kernel_config import CACHE
+from .simd import load_le
 from .xxh64 import xxh64
 
 OK = 0
 FALLBACK = 1  # anything outside the fast path's shape: decode the ordinary way
 
 _MAX_ID = np.uint64(0xFFFFFFFFFFFFFFFF)
+_ONES = np.uint64(0x0101010101010101)
+_HIGHS = np.uint64(0x8080808080808080)
+_QUOTES = np.uint64(0x2222222222222222)
+_SLASHES = np.uint64(0x5C5C5C5C5C5C5C5C)
+_SPACES = np.uint64(0x2020202020202020)
 # request-id kinds written to meta[3]
 RID_NONE = 0
 RID_STRING = 1
@@ -75,6 +81,18 @@ def _string_end(buf, p, n):
     string has an escape, a control character, invalid UTF-8 or no end."""
     q = p + 1
     while q < n:
+        # eight plain ASCII bytes at a time: no quote, backslash, control or non-ASCII byte
+        while q + 8 <= n:
+            v = load_le(buf, q, 8)
+            quote = v ^ _QUOTES
+            slash = v ^ _SLASHES
+            special = (((quote - _ONES) & ~quote) | ((slash - _ONES) & ~slash)
+                       | ((v - _SPACES) & ~v) | v) & _HIGHS
+            if special != 0:
+                break
+            q += 8
+        if q >= n:
+            break
         c = buf[q]
         if c == 34:  # '"'
             return q
