@@ -179,3 +179,21 @@ def test_layer_widths_that_do_not_fill_vectors(tmp_path, hidden):
             ctx, ads = random_request(rng, pkg, n_ads)
             np.testing.assert_allclose(engine.score(ctx, ads), reference_scores(pkg, ctx, ads),
                                        atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("ctx,ad,dense_dim", [
+    ((), (("ad_id", 100, 8, "sum"),), 0),                 # no context groups
+    ((("user_id", 100, 8, "sum"),), (), 3),               # no ad groups: dense features only
+    ((("user_id", 100, 8, "mean"),), (), 0),              # every ad scores the same
+])
+def test_models_with_an_empty_side(tmp_path, ctx, ad, dense_dim):
+    pkg = load_package(make_model(tmp_path / "e", ctx=ctx, ad=ad, dense_dim=dense_dim))
+    engine = Engine(pkg)
+    rng = np.random.default_rng(2)
+    c, ads = random_request(rng, pkg, 9)
+    np.testing.assert_allclose(engine.score(c, ads), reference_scores(pkg, c, ads), atol=TOL, rtol=0)
+    if not dense_dim:
+        import orjson
+        got = engine.score_json(orjson.dumps({"context": c, "ads": ads}), 100, 10)
+        assert got is not None
+        np.testing.assert_array_equal(got[0], engine.score(c, ads))
