@@ -8,6 +8,7 @@ import pytest
 
 from scoring.package import load_package
 
+from ..fakes.fixtures import cluster, make_syncer, webhook  # noqa: F401  (shared fixtures)
 from .server import Server, install_model
 
 

@@ -14,7 +14,6 @@ import httpx
 from scoring.package import load_package
 from scoring.repo import ModelRepo
 
-from ..fakes.fixtures import cluster  # noqa: F401  (fixture)
 from ..integration.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

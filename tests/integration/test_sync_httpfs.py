@@ -9,7 +9,6 @@ from scoring.package import CHECKSUMS, load_package
 from scoring.repo import ModelRepo
 
 from ..fakes.cluster import closed_port
-from ..fakes.fixtures import cluster, make_syncer, webhook  # noqa: F401  (fixtures)
 
 
 def staging_empty(repo: ModelRepo) -> bool:

@@ -8,7 +8,6 @@ from model_sync.syncer import FAILED, INSTALLED, UNCHANGED
 from scoring.package import CHECKSUMS, load_package
 
 from ..fakes.cluster import HdfsCluster
-from ..fakes.fixtures import make_syncer  # noqa: F401  (fixture)
 from ..fakes.nginx import Nginx
 
 

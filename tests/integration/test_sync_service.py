@@ -6,7 +6,6 @@ import time
 
 from scoring.repo import ModelRepo
 
-from ..fakes.fixtures import cluster  # noqa: F401  (fixture)
 from .server import Server
 
 INTERVAL = 1.0

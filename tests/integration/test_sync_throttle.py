@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from model_sync.syncer import INSTALLED
 
-from ..fakes.fixtures import cluster, make_syncer  # noqa: F401  (fixtures)
 
 RATE = 2 << 20  # 2 MiB/s
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from model_sync.syncer import FAILED, INSTALLED, UNCHANGED
 from scoring.package import CHECKSUMS, load_package
 
-from ..fakes.fixtures import cluster, make_syncer  # noqa: F401  (fixtures)
 
 
 def test_open_follows_the_307_to_the_datanode(cluster, make_syncer):

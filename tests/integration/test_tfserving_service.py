@@ -126,7 +126,7 @@ def test_default_endpoint_follows_the_experiment_split(stack):
             assert again["arm"] == body["arm"]
     assert 15 <= arms["deep-20"] <= 50 and arms["deep-20"] + arms["default"] == 150
     metrics = server.client.get("/metrics").text
-    assert f'ctr_arm_requests_total{{arm="deep-20",model="deep",status="200"}}' in metrics
+    assert 'ctr_arm_requests_total{arm="deep-20",model="deep",status="200"}' in metrics
     assert 'ctr_arm_scored_ads_total{arm="default"}' in metrics
     assert 'ctr_arm_pctr_sum_total{arm="deep-20"}' in metrics
     assert f'ctr_upstream_requests_total{{model="deep",outcome="ok",upstream="{fake.url}"}}' in metrics
