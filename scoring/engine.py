@@ -1,9 +1,10 @@
 """A loaded model: request features -> kernels -> pCTRs.
 
 :class:`Engine` takes a validated :class:`~scoring.package.ModelPackage`, lays its weights out for
-the kernels once (layer 1 split into context and ad rows), compiles and warms the kernels, and then scores requests without allocating inside the
-kernels. Scratch buffers come from a small pool, one set per concurrent caller, so an engine can be
-shared by threads.
+the kernels once (layer 1 split into context and ad rows, later layers in one flat array),
+compiles and warms the kernels, and then scores requests without allocating inside the kernels.
+Scratch buffers come from small pools, one set per concurrent caller, so an engine can be shared
+by threads. ``score`` takes decoded requests; ``score_json`` takes the raw body (``jsonscan``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from . import jsonscan, kernels
 from .features import EncodedBatch, FeatureLayout
 from .package import ModelPackage
 
-SMALL_BATCH = 1      # up to this many ads per chunk: axpy form with ReLU pruning; above: tiles
+SMALL_BATCH = 1      # up to this many ads per chunk: pruned one-ad form; above: register tiles
 CHUNK = 96           # ads per pass through the layers: activations stay in L2; a multiple of 6
 _ACT_CODES = {"relu": kernels.ACT_RELU, "sigmoid": kernels.ACT_SIGMOID}
 _RO_TABLE = types.Array(types.float32, 2, "C", readonly=True)

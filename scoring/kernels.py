@@ -4,9 +4,10 @@ Pure ``@njit`` functions over contiguous arrays; nothing is allocated here: ever
 from the caller (``engine._Scratch``), sized once. Weights are ``[in, out]`` row-major, one layout
 for both dense-layer forms, chosen by batch size (``engine.SMALL_BATCH``):
 
-* ``dense_axpy``: the seed's loop for one or two ads. The non-zero inputs are gathered first, so
-  an input that ReLU made zero never touches its weight row (pruning), and the inner loop walks
-  four weight rows in order. Memory-bound: skipping rows saves bandwidth.
+* ``dense_axpy``: the seed's loop, for a single ad (and a tile's odd last row). The non-zero
+  inputs are gathered first, so an input that ReLU made zero never touches its weight row
+  (pruning); each kept row is read in order into up to 256 outputs held in vector registers
+  (``simd.make_sparse_row``). Memory-bound: skipping rows saves bandwidth.
 * ``dense_tiled``: register tiles of 6 ads x 64 neurons (``simd.make_tile``): each weight vector
   loaded serves six ads from registers, no horizontal sums. Compute-bound: near the GEMM peak.
 
@@ -27,7 +28,6 @@ from .simd import make_sparse_row, make_tile, prefetch_row
 ACT_NONE = 0
 ACT_RELU = 1
 ACT_SIGMOID = 2
-
 
 
 @njit(cache=CACHE, nogil=True, inline="always")

@@ -9,7 +9,7 @@ import pytest
 
 from scoring.engine import Engine
 from scoring.errors import InvalidRequest
-from scoring.package import load_package
+from scoring.package import load_package, write_package
 from scoring.reference import mlp_forward, reference_scores
 
 from ..models import make_model, random_request
@@ -76,8 +76,9 @@ def test_integer_ids_and_string_hashing(small_engine, small_package):
 
 
 def test_inputs_that_zero_whole_layers(tmp_path):
-    """Negative first-layer weights + zero biases make every ReLU output zero: the pCTR is then
-    sigmoid of the output bias alone, in both kernel forms."""
+    """Non-negative inputs, negative first-layer weights and a -100 bias make every first-layer
+    ReLU output zero, so every ad gets the same pCTR, fixed by the later layers' biases alone;
+    both kernel forms must handle a layer with nothing left after pruning."""
     path = make_model(tmp_path / "m", hidden=(16, 8))
     pkg = load_package(path)
     arrays = {}
@@ -89,7 +90,6 @@ def test_inputs_that_zero_whole_layers(tmp_path):
     arrays[first.bias] = np.full_like(arrays[first.bias], -100.0)
     for g, t in zip(pkg.manifest.groups, pkg.tables):
         arrays[g.table] = np.abs(np.array(t))
-    from scoring.package import write_package
     zpath = write_package(tmp_path / "z", dict(pkg.manifest.raw), arrays)
     zpkg = load_package(zpath)
     rng = np.random.default_rng(3)
@@ -99,8 +99,6 @@ def test_inputs_that_zero_whole_layers(tmp_path):
         got = engine.score(ctx, ads)
         last_bias = float(zpkg.biases[-1][0])
         # the second hidden layer sees zeros only: its output is relu(b1); the pCTR is fixed
-        x = np.zeros((1, zpkg.manifest.input_dim))
-        x[:] = 0
         h1 = np.maximum(0, np.array(zpkg.biases[1], dtype=np.float64))
         expected = 1 / (1 + np.exp(-(h1 @ np.array(zpkg.weights[2], dtype=np.float64) + last_bias)))
         np.testing.assert_allclose(got, np.full(9, expected[0]), atol=TOL)
