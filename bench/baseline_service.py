@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel
 
-from scoring.package import ModelPackage, load_package
+from scoring.model.package import ModelPackage, load_package
 
 from .onnx_mlp import onnx_session
 

@@ -35,9 +35,9 @@ from typing import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
-from scoring.demo import write_demo  # noqa: E402
+from scoring.model.demo import write_demo  # noqa: E402
 from scoring.engine import Engine  # noqa: E402
-from scoring.package import load_package  # noqa: E402
+from scoring.model.package import load_package  # noqa: E402
 
 from .onnx_mlp import onnx_session  # noqa: E402
 
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def _mlp_input(pkg, engine: Engine, batch, i: int) -> np.ndarray:
     """Row i of the MLP input in manifest order, pooled by NumPy from the encoded batch."""
-    from scoring.reference import group_vector
+    from scoring.model.reference import group_vector
     out = []
     m = pkg.manifest
     ctx_vals = _values(batch.ctx_ids, batch.ctx_keys, batch.ctx_lens, len(engine.layout.ctx_groups), 0)

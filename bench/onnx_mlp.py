@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scoring.package import ModelPackage
+from scoring.model.package import ModelPackage
 
 
 def build_onnx_mlp(package: ModelPackage) -> bytes:

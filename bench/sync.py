@@ -38,9 +38,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scoring.demo import AD_GROUPS, CONTEXT_GROUPS, write_demo
-from scoring.package import CHECKSUMS
-from scoring.repo import ModelRepo
+from scoring.model.demo import AD_GROUPS, CONTEXT_GROUPS, write_demo
+from scoring.model.manifest import CHECKSUMS
+from scoring.lifecycle.repo import ModelRepo
 
 from .http import free_port
 
@@ -140,7 +140,8 @@ def pct(xs: list[float], q: float) -> float:
 def variant(src: Path, version: str, out: Path) -> Path:
     """``src`` under another version name: arrays hard-linked (same bytes to download), a new
     manifest.json and checksums.md5, so it is a new export as far as the syncer can tell."""
-    from scoring.package import MANIFEST, format_checksums, md5_file, parse_checksums
+    from scoring.model.checksums import format_checksums, md5_file, parse_checksums
+    from scoring.model.manifest import MANIFEST
 
     shutil.copytree(src, out, copy_function=os.link)
     for name in (MANIFEST, CHECKSUMS):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scoring.engine import Engine
-from scoring.package import load_package
+from scoring.model.package import load_package
 
 from .models import make_model
 

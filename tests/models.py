@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from scoring.export import Group, export_numpy
+from scoring.model.export import Group, export_numpy
 
 
 def make_model(out: Path, *, seed: int = 0, name: str = "ctr", version: str = "v1",

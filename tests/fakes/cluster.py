@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from scoring.package import CHECKSUMS
+from scoring.model.manifest import CHECKSUMS
 
 from ..models import make_model
 from .hdfs import FakeHdfsServer, closed_port

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model_sync.syncer import SyncConfig, Syncer
+from scoring.sync.syncer import SyncConfig, Syncer
 
 from .cluster import HdfsCluster
 from .webhook import WebhookReceiver

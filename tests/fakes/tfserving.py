@@ -11,7 +11,7 @@ Errors are TF Serving's ``{ "error": "..." }`` bodies with its status codes (400
 ``g``, ``g`` (DT_INT64 [-1, -1], padded ids, two's complement for ids >= 2**63) and ``g_len``
 (DT_INT64 [-1], real ids per row), and ``dense`` (DT_FLOAT [-1, dense_dim]); it outputs ``pctr``
 (DT_DOUBLE [-1, 1]), computed in float64 from the package's tables and layers, so scores can be
-compared with :func:`scoring.reference.reference_scores` to float64 rounding.
+compared with :func:`scoring.model.reference.reference_scores` to float64 rounding.
 
 Faults for tests: ``delay`` (seconds before each predict answer), ``fail`` (status code, for the
 next ``fail_count`` predicts or all), ``malformed`` (200 with broken JSON), ``wrong_shape`` (one
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from scoring.package import ModelPackage
-from scoring.reference import mlp_forward
+from scoring.model.package import ModelPackage
+from scoring.model.reference import mlp_forward
 
 SIGNATURE = "serving_default"
 _SPEC = r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?"
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import os
 
-    from scoring.package import load_package
+    from scoring.model.package import load_package
 
     p = argparse.ArgumentParser(prog="python -m tests.fakes.tfserving")
     p.add_argument("--package", required=True)

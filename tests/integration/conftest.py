@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scoring.package import load_package
+from scoring.model.package import load_package
 
 from ..fakes.fixtures import cluster, make_syncer, webhook  # noqa: F401  (shared fixtures)
 from .server import Server, install_model

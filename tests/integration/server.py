@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import httpx
 
-from scoring.repo import ModelRepo
+from scoring.lifecycle.repo import ModelRepo
 
 from ..models import make_model
 

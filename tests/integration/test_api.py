@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from scoring.reference import reference_scores
+from scoring.model.reference import reference_scores
 
 from ..models import random_request
 from .server import ADMIN_TOKEN

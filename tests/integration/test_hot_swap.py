@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from scoring.package import load_package
-from scoring.reference import reference_scores
+from scoring.model.package import load_package
+from scoring.model.reference import reference_scores
 
 from ..models import random_request
 from .server import Server, install_corrupt, install_model

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from scoring.package import load_package
-from scoring.repo import ModelRepo
+from scoring.model.package import load_package
+from scoring.lifecycle.repo import ModelRepo
 
 from ..integration.server import free_port
 

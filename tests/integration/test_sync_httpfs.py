@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from model_sync.syncer import FAILED, INSTALLED, SKIPPED, UNCHANGED
-from scoring.package import CHECKSUMS, load_package
-from scoring.repo import ModelRepo
+from scoring.sync.syncer import FAILED, INSTALLED, SKIPPED, UNCHANGED
+from scoring.model.manifest import CHECKSUMS
+from scoring.model.package import load_package
+from scoring.lifecycle.repo import ModelRepo
 
 from ..fakes.cluster import closed_port
 
@@ -132,7 +133,7 @@ def test_corrupted_file_not_installed_alarm_raised_old_version_live(cluster, mak
 def test_invalid_package_rejected_once_not_downloaded_again(cluster, make_syncer, webhook):
     import numpy as np
 
-    from scoring.package import format_checksums, md5_file, package_files
+    from scoring.model.checksums import format_checksums, md5_file, package_files
 
     pkg = cluster.publish("v1", seed=1)
     table = np.load(pkg / "mlp/w0.npy")

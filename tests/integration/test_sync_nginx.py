@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from model_sync.syncer import FAILED, INSTALLED, UNCHANGED
-from scoring.package import CHECKSUMS, load_package
+from scoring.sync.syncer import FAILED, INSTALLED, UNCHANGED
+from scoring.model.manifest import CHECKSUMS
+from scoring.model.package import load_package
 
 from ..fakes.cluster import HdfsCluster
 from ..fakes.nginx import Nginx

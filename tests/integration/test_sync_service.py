@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from scoring.repo import ModelRepo
+from scoring.lifecycle.repo import ModelRepo
 
 from .server import Server
 

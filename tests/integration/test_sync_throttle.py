@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model_sync.syncer import INSTALLED
+from scoring.sync.syncer import INSTALLED
 
 
 RATE = 2 << 20  # 2 MiB/s

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from model_sync.syncer import FAILED, INSTALLED, UNCHANGED
-from scoring.package import CHECKSUMS, load_package
+from scoring.sync.syncer import FAILED, INSTALLED, UNCHANGED
+from scoring.model.manifest import CHECKSUMS
+from scoring.model.package import load_package
 
 
 

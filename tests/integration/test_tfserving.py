@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from scoring.errors import InvalidRequest, NotReady, UpstreamError, UpstreamTimeout
-from scoring.models_config import parse_models_config
-from scoring.reference import reference_scores
-from scoring.tfserving_model import TFServingScorer
+from scoring.upstream.config import parse_models_config
+from scoring.model.reference import reference_scores
+from scoring.upstream.scorer import TFServingScorer
 
 from ..fakes.tfserving import FakeTFServing
 from ..models import random_request

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from scoring.models_config import parse_models_config
-from scoring.package import load_package
-from scoring.reference import reference_scores
-from scoring.routing import Router
+from scoring.upstream.config import parse_models_config
+from scoring.model.package import load_package
+from scoring.model.reference import reference_scores
+from scoring.upstream.routing import Router
 
 from ..fakes.tfserving import FakeTFServing
 from ..models import random_request

@@ -1,0 +1,264 @@
+"""Compiled kernels of the forward pass: embedding gather + pooling, dense layers, the whole MLP.
+
+Pure ``@njit`` functions over contiguous arrays; nothing is allocated here: every buffer comes
+from the caller (``scorer._Scratch``), sized once. Weights are ``[in, out]`` row-major, one layout
+for both dense-layer forms, chosen by batch size (``scorer.SMALL_BATCH``):
+
+* ``dense_axpy``: the seed's loop, for a single ad (and a tile's odd last row). The non-zero
+  inputs are gathered first, so an input that ReLU made zero never touches its weight row
+  (pruning); each kept row is read in order into up to 256 outputs held in vector registers
+  (``simd.make_sparse_row``). Memory-bound: skipping rows saves bandwidth.
+* ``dense_tiled``: register tiles of 6 ads x 64 neurons (``simd.make_tile``): each weight vector
+  loaded serves six ads from registers, no horizontal sums. Compute-bound: near the GEMM peak.
+
+Layer 1 is split (``x @ W = x_ctx @ W_ctx + x_ad @ W_ad``): the context part is computed once per
+request (``context_bias``) and enters every ad's row as its bias.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .config import CACHE, FASTMATH
+from .simd import make_sparse_row, make_tile, prefetch_row
+
+ACT_NONE = 0
+ACT_RELU = 1
+ACT_SIGMOID = 2
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _bucket(h, buckets):
+    """``h % buckets`` (contract section 1), as a mask when ``buckets`` is a power of two."""
+    if buckets & (buckets - np.uint64(1)) == 0:
+        return h & (buckets - np.uint64(1))
+    return h % buckets
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def pool_embeddings(tables, buckets, is_mean, cols, dims, ids, keys, lens, n_slots, row0, n_rows,
+                    e_start, v_start, out, counts):
+    """Pool rows ``row0 .. row0 + n_rows`` of one side's groups into ``out[row - row0, cols[slot]:]``.
+
+    Values come run-length encoded: entry ``e`` says ``lens[e]`` consecutive ``ids`` belong to
+    ``keys[e] = row * n_slots + slot`` (non-decreasing in row). Each id adds table row
+    ``id % buckets[slot]``; mean pooling divides by the value count; a group with no value stays a
+    zero vector. Starts at entry ``e_start`` / value ``v_start`` and returns where it stopped, so
+    chunks of rows walk the arrays once.
+    """
+    for r in range(n_rows):
+        for s in range(n_slots):
+            c0 = cols[s]
+            for d in range(dims[s]):
+                out[r, c0 + d] = 0.0
+            counts[r * n_slots + s] = 0.0
+    end_key = (row0 + n_rows) * n_slots
+    base = row0 * n_slots
+    n_entries = keys.shape[0]
+    # pass 1: prefetch every row this chunk will read, so the misses overlap
+    e = e_start
+    v = v_start
+    while e < n_entries and keys[e] < end_key:
+        s = (keys[e] - base) % n_slots
+        table = tables[s]
+        bk = buckets[s]
+        for q in range(v, v + lens[e]):
+            prefetch_row(table, _bucket(ids[q], bk))
+        v += lens[e]
+        e += 1
+    # pass 2: accumulate
+    e = e_start
+    v = v_start
+    while e < n_entries and keys[e] < end_key:
+        key = keys[e] - base
+        r = key // n_slots
+        s = key - r * n_slots
+        table = tables[s]
+        bk = buckets[s]
+        c0 = cols[s]
+        dim = dims[s]
+        m = lens[e]
+        for q in range(v, v + m):
+            row = _bucket(ids[q], bk)
+            for d in range(dim):
+                out[r, c0 + d] += table[row, d]
+        counts[key] += m
+        v += m
+        e += 1
+    for r in range(n_rows):
+        for s in range(n_slots):
+            cnt = counts[r * n_slots + s]
+            if is_mean[s] and cnt > 1.0:
+                inv = np.float32(1.0) / cnt
+                c0 = cols[s]
+                for d in range(dims[s]):
+                    out[r, c0 + d] *= inv
+    return e, v
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _act(v, act):
+    if act == ACT_RELU:
+        return v if v > 0.0 else np.float32(0.0)
+    if act == ACT_SIGMOID:
+        return np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-v)))
+    return v
+
+
+_SPARSE_ROW = make_sparse_row()
+_TILE6, _TILE4, _TILE2 = make_tile(6), make_tile(4), make_tile(2)
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _pruned_row(x, a, k_in, w, bias, y, act, idx, vals):
+    """Ad ``a``: gather its non-zero inputs into ``idx``/``vals`` (ReLU pruning: a zero input
+    never touches its weight row), then accumulate blocks of up to 256 neurons in registers over
+    those rows (``simd.make_sparse_row``); neurons that do not fill a 16-lane vector, and sigmoid
+    layers, are summed one at a time over the same rows."""
+    n_out = w.shape[1]
+    m = 0
+    for k in range(k_in):
+        v = x[a, k]
+        if v != 0.0:
+            idx[m] = k
+            vals[m] = v
+            m += 1
+    j = 0
+    if act != ACT_SIGMOID:
+        j = _SPARSE_ROW(idx, vals, m, w, bias, y, a, 1 if act == ACT_RELU else 0)
+    for jj in range(j, n_out):
+        s = bias[jj]
+        for q in range(m):
+            s += vals[q] * w[idx[q], jj]
+        y[a, jj] = _act(s, act)
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def dense_axpy(x, n, k_in, w, bias, y, act, idx, vals):
+    """``y[:n, :out] = act(x[:n, :k_in] @ w + bias)`` with ``w`` as [in, out], one ad at a time,
+    pruned: the seed's loop, with the output block kept in registers."""
+    for a in range(n):
+        _pruned_row(x, a, k_in, w, bias, y, act, idx, vals)
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def dense_cols(x, n, k_in, w, bias, y, act, j_start):
+    """Neurons ``j_start..`` one dot product at a time: the last layer (one output, sigmoid) and
+    the few neurons of a layer that do not fill a 16-lane vector."""
+    n_out = w.shape[1]
+    for a in range(n):
+        for j in range(j_start, n_out):
+            s = np.float32(0.0)
+            for k in range(k_in):
+                s += x[a, k] * w[k, j]
+            y[a, j] = _act(s + bias[j], act)
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def dense_tiled(x, n, k_in, w, bias, y, act, idx, vals):
+    """``y[:n, :out] = act(x[:n, :k_in] @ w + bias)`` with ``w`` as [in, out]: register tiles of
+    6 ads x 64 neurons (``simd.make_tile``), then 4 and 2 ads for the rows left over and the
+    pruned one-ad form for a last odd row; neurons that do not fill a vector, and sigmoid layers,
+    go one dot product at a time."""
+    if act == ACT_SIGMOID or w.shape[1] < 16:
+        dense_cols(x, n, k_in, w, bias, y, act, 0)
+        return
+    relu = 1 if act == ACT_RELU else 0
+    a = 0
+    j_end = 0
+    while a + 6 <= n:
+        j_end = _TILE6(x, a, k_in, w, bias, y, relu)
+        a += 6
+    if a + 4 <= n:
+        j_end = _TILE4(x, a, k_in, w, bias, y, relu)
+        a += 4
+    if a + 2 <= n:
+        j_end = _TILE2(x, a, k_in, w, bias, y, relu)
+        a += 2
+    dense_cols(x, a, k_in, w, bias, y, act, j_end)
+    if a < n:
+        _pruned_row(x, a, k_in, w, bias, y, act, idx, vals)
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def dense_layer(x, n, k_in, w, bias, y, act, small_batch, idx, vals):
+    """One layer, in the form that suits the batch size."""
+    if n <= small_batch:
+        dense_axpy(x, n, k_in, w, bias, y, act, idx, vals)
+    else:
+        dense_tiled(x, n, k_in, w, bias, y, act, idx, vals)
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def context_bias(ctx_tables, ctx_buckets, ctx_mean, ctx_cols, ctx_dims, ctx_ids, ctx_keys,
+                 ctx_lens, w_ctx, b0, x_ctx, counts, c, idx, vals):
+    """``c = b0 + pooled_context @ W_ctx``: layer 1's context part, once per request."""
+    n_slots = ctx_buckets.shape[0]
+    pool_embeddings(ctx_tables, ctx_buckets, ctx_mean, ctx_cols, ctx_dims, ctx_ids, ctx_keys,
+                    ctx_lens, n_slots, 0, 1, 0, 0, x_ctx, counts)
+    k_in = w_ctx.shape[0]
+    dense_axpy(x_ctx, 1, k_in, w_ctx, b0, c, ACT_NONE, idx, vals)
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def mlp_rows(x, n, c, w_ad, act0, params, layers, buf_a, buf_b, small_batch, idx, vals):
+    """Layers for ``n`` rows of ad inputs ``x``: layer 1 with the context bias ``c``, then every
+    further layer ping-ponging between the two buffers. Returns the buffer holding the output.
+
+    Layers after the first live in one flat ``params`` array (one argument instead of a list of
+    arrays: a typed list costs ~1 us per call to unbox); row ``li`` of ``layers`` holds
+    (weight offset, in, out, bias offset, activation)."""
+    dense_layer(x, n, w_ad.shape[0], w_ad, c, buf_b, act0, small_batch, idx, vals)
+    src = buf_b
+    dst = buf_a
+    for li in range(layers.shape[0]):
+        wo = layers[li, 0]
+        k_in = layers[li, 1]
+        n_out = layers[li, 2]
+        bo = layers[li, 3]
+        w = params[wo:wo + k_in * n_out].reshape((k_in, n_out))
+        dense_layer(src, n, k_in, w, params[bo:bo + n_out], dst, layers[li, 4], small_batch, idx,
+                    vals)
+        src, dst = dst, src
+    return src
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, ad_lens, dense,
+            dense_col, c, w_ad, act0, params, layers, n_ads, buf_a, buf_b, counts,
+            small_batch, idx, vals, out):
+    """Score ``n_ads`` ads in chunks of ``buf_a.shape[0]`` rows: pool the ad groups and copy the
+    dense features into ``buf_a``, run the layers, and write ad i's pCTR to ``out[i]``."""
+    chunk = buf_a.shape[0]
+    n_slots = ad_buckets.shape[0]
+    dense_dim = dense.shape[1]
+    e = 0
+    v = 0
+    for row0 in range(0, n_ads, chunk):
+        n = min(chunk, n_ads - row0)
+        e, v = pool_embeddings(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys,
+                               ad_lens, n_slots, row0, n, e, v, buf_a, counts)
+        for r in range(n):
+            for d in range(dense_dim):
+                buf_a[r, dense_col + d] = dense[row0 + r, d]
+        res = mlp_rows(buf_a, n, c[0], w_ad, act0, params, layers, buf_a, buf_b, small_batch,
+                       idx, vals)
+        for r in range(n):
+            out[row0 + r] = res[r, 0]
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def mlp(x_ctx, w_ctx, b0, c, x_ad, n_ads, w_ad, act0, params, layers, buf_a, buf_b,
+        small_batch, idx, vals, out):
+    """The MLP alone on pooled inputs: context part once, then the ad rows chunk by chunk."""
+    dense_axpy(x_ctx, 1, w_ctx.shape[0], w_ctx, b0, c, ACT_NONE, idx, vals)
+    chunk = buf_a.shape[0]
+    for row0 in range(0, n_ads, chunk):
+        n = min(chunk, n_ads - row0)
+        res = mlp_rows(x_ad[row0:row0 + n], n, c[0], w_ad, act0, params, layers, buf_a, buf_b,
+                       small_batch, idx, vals)
+        for r in range(n):
+            out[row0 + r] = res[r, 0]

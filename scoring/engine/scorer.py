@@ -1,0 +1,299 @@
+"""A loaded model: request features -> kernels -> pCTRs.
+
+:class:`Engine` takes a validated :class:`~scoring.model.package.ModelPackage`, lays its weights out for
+the kernels once (layer 1 split into context and ad rows, later layers in one flat array),
+compiles and warms the kernels, and then scores requests without allocating inside the kernels.
+Scratch buffers come from small pools, one set per concurrent caller, so an engine can be shared
+by threads. ``score`` takes decoded requests; ``score_json`` takes the raw body (``jsonscan``).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import orjson
+from numba import types
+from numba.typed import List
+
+from . import jsonscan, kernels
+from .features import EncodedBatch, FeatureLayout
+from ..model.package import ModelPackage
+
+SMALL_BATCH = 1      # up to this many ads per chunk: pruned one-ad form; above: register tiles
+CHUNK = 96           # ads per pass through the layers: activations stay in L2; a multiple of 6
+_ACT_CODES = {"relu": kernels.ACT_RELU, "sigmoid": kernels.ACT_SIGMOID}
+_RO_TABLE = types.Array(types.float32, 2, "C", readonly=True)
+_PAGE = 4096
+
+
+def _typed_list(arrays: Sequence[np.ndarray], item_type: types.Type) -> List:
+    out = List.empty_list(item_type)
+    for a in arrays:
+        out.append(a)
+    return out
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+def _flatten_layers(weights, biases, specs) -> tuple[np.ndarray, np.ndarray]:
+    """Every layer after the first in one float32 array, each piece 64-byte aligned, and a table
+    of (weight offset, in, out, bias offset, activation) rows."""
+    pieces, table, offset = [], [], 0
+    for w, b, spec in zip(weights, biases, specs):
+        row = []
+        for arr in (w, b):
+            flat = np.asarray(arr, dtype=np.float32).reshape(-1)
+            row.append(offset)
+            pad = (-flat.size) % 16
+            pieces.append(np.concatenate([flat, np.zeros(pad, np.float32)]))
+            offset += flat.size + pad
+        table.append([row[0], w.shape[0], w.shape[1], row[1], _ACT_CODES[spec.activation]])
+    params = np.concatenate(pieces) if pieces else np.zeros(16, np.float32)
+    layers = np.array(table, dtype=np.int64).reshape(-1, 5)
+    return params, layers
+
+
+_LITERALS = tuple(np.array(list(word), dtype=np.uint8) for word in
+                  (b"null", b"context", b"ads", b"request_id", b"id", b"features", b"dense"))
+
+
+class _ScanBuffers:
+    """Output arrays of ``jsonscan.scan_request``, grown to the largest body seen."""
+
+    def __init__(self, n_slots: int) -> None:
+        self.capacity = 0
+        self.meta = np.zeros(8, dtype=np.int64)
+        self.num = np.zeros(1, dtype=np.uint64)
+        self.seen = np.zeros(max(1, n_slots), dtype=np.bool_)
+        self.have = np.zeros(3, dtype=np.bool_)
+
+    def fit(self, body_len: int) -> None:
+        if body_len <= self.capacity:
+            return
+        size = max(4096, body_len // 2 + 2)
+        self.ctx_ids = np.empty(size, dtype=np.uint64)
+        self.ctx_keys = np.empty(size, dtype=np.int64)
+        self.ctx_lens = np.empty(size, dtype=np.int64)
+        self.ad_ids = np.empty(size, dtype=np.uint64)
+        self.ad_keys = np.empty(size, dtype=np.int64)
+        self.ad_lens = np.empty(size, dtype=np.int64)
+        self.capacity = 2 * size - 4
+
+
+@dataclass
+class _Scratch:
+    """Buffers for one concurrent forward pass; allocated once, reused."""
+
+    x_ctx: np.ndarray
+    ctx_counts: np.ndarray
+    c: np.ndarray
+    buf_a: np.ndarray
+    buf_b: np.ndarray
+    counts: np.ndarray
+    idx: np.ndarray    # non-zero input positions for the axpy form
+    vals: np.ndarray
+
+
+class _SidePlan:
+    """Kernel arguments for one side's groups (context or ad)."""
+
+    def __init__(self, groups, tables) -> None:
+        self.tables = _typed_list([_readonly(t) for t in tables], _RO_TABLE)
+        self.buckets = np.array([g.buckets for g in groups], dtype=np.uint64)
+        self.mean = np.array([g.pooling == "mean" for g in groups], dtype=np.bool_)
+        self.dims = np.array([g.dim for g in groups], dtype=np.int64)
+        self.cols = np.concatenate([[0], np.cumsum(self.dims)[:-1]]).astype(np.int64) \
+            if len(groups) else np.zeros(0, dtype=np.int64)
+        self.width = int(self.dims.sum())
+
+
+class Engine:
+    """A model ready to score: weights laid out, kernels compiled and warm."""
+
+    def __init__(self, package: ModelPackage, *, chunk: int = CHUNK,
+                 small_batch: int = SMALL_BATCH, warm: bool = True) -> None:
+        m = package.manifest
+        self.package = package
+        self.manifest = m
+        self.name = m.name
+        self.version = m.version
+        self.md5 = package.md5
+        self.layout = FeatureLayout(m.groups, m.dense_dim)
+        self.chunk = int(chunk)
+        self.small_batch = int(small_batch)
+
+        by_name = dict(zip((g.name for g in m.groups), package.tables))
+        self._ctx = _SidePlan(self.layout.ctx_groups, [by_name[g.name] for g in self.layout.ctx_groups])
+        self._ad = _SidePlan(self.layout.ad_groups, [by_name[g.name] for g in self.layout.ad_groups])
+        self.dense_col = self._ad.width
+
+        # layer 1 split into context rows and ad rows (+ dense rows), in the kernels' column order
+        self.ctx_input_columns = self._column_map(self.layout.ctx_groups, dense=False)
+        self.ad_input_columns = self._column_map(self.layout.ad_groups, dense=True)
+        w0 = np.asarray(package.weights[0], dtype=np.float32)
+        self.w_ctx = np.ascontiguousarray(w0[self.ctx_input_columns])
+        self.w_ad = np.ascontiguousarray(w0[self.ad_input_columns])
+        self.b0 = np.array(package.biases[0], dtype=np.float32)
+        rest_w = [np.asarray(w, dtype=np.float32) for w in package.weights[1:]]
+        self.act0 = _ACT_CODES[m.layers[0].activation]
+        self.params, self.layers = _flatten_layers(rest_w, package.biases[1:], m.layers[1:])
+        self.out0 = self.w_ad.shape[1]
+        self.width = max([self.w_ad.shape[0], self.out0] + [w.shape[1] for w in rest_w])
+        self._pool: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
+        self._scan_pool: queue.SimpleQueue[_ScanBuffers] = queue.SimpleQueue()
+        self.warm_seconds = 0.0
+        if warm:
+            self.warm_up()
+
+    # -- scratch ----------------------------------------------------------------------------
+
+    def _new_scratch(self) -> _Scratch:
+        n_ad_slots = max(1, len(self.layout.ad_groups))
+        return _Scratch(
+            x_ctx=np.zeros((1, max(1, self._ctx.width)), dtype=np.float32),
+            ctx_counts=np.zeros(max(1, len(self.layout.ctx_groups)), dtype=np.float32),
+            c=np.zeros((1, self.out0), dtype=np.float32),
+            buf_a=np.zeros((self.chunk, self.width), dtype=np.float32),
+            buf_b=np.zeros((self.chunk, self.width), dtype=np.float32),
+            counts=np.zeros(self.chunk * n_ad_slots, dtype=np.float32),
+            idx=np.zeros(max(self.width, self.w_ctx.shape[0]), dtype=np.int64),
+            vals=np.zeros(max(self.width, self.w_ctx.shape[0]), dtype=np.float32),
+        )
+
+    def _take(self) -> _Scratch:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            return self._new_scratch()
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def score(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> np.ndarray:
+        """pCTR (float32) of every ad; raises ``InvalidRequest`` naming a bad field."""
+        return self.score_encoded(self.layout.encode(context, ads))
+
+    def score_encoded(self, batch: EncodedBatch) -> np.ndarray:
+        out = np.empty(batch.n_ads, dtype=np.float32)
+        if batch.n_ads == 0:
+            return out
+        s = self._take()
+        try:
+            ctx = self._ctx
+            kernels.context_bias(ctx.tables, ctx.buckets, ctx.mean, ctx.cols, ctx.dims,
+                                 batch.ctx_ids, batch.ctx_keys, batch.ctx_lens, self.w_ctx, self.b0,
+                                 s.x_ctx, s.ctx_counts, s.c, s.idx, s.vals)
+            ad = self._ad
+            kernels.forward(ad.tables, ad.buckets, ad.mean, ad.cols, ad.dims,
+                            batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense, self.dense_col, s.c,
+                            self.w_ad, self.act0, self.params, self.layers,
+                            batch.n_ads, s.buf_a, s.buf_b, s.counts, self.small_batch,
+                            s.idx, s.vals, out)
+        finally:
+            self._pool.put(s)
+        return out
+
+    def score_json(self, body: bytes, max_ads: int, max_values: int) -> tuple[np.ndarray, Any] | None:
+        """Score a raw score-request body through the compiled scanner (``jsonscan``).
+
+        Returns (pCTRs, request_id), or None when the body is outside the scanner's shape (escapes,
+        dense features, errors, limits exceeded, ...): the caller then decodes it the ordinary way,
+        which scores it or names what is wrong."""
+        if self.manifest.dense_dim:
+            return None
+        try:
+            sb = self._scan_pool.get_nowait()
+        except queue.Empty:
+            sb = _ScanBuffers(max(len(self.layout.ctx_groups), len(self.layout.ad_groups)))
+        try:
+            sb.fit(len(body))
+            names, offsets, hashes, slots, sides = self.layout.scan_tables
+            code = jsonscan.scan_request(
+                np.frombuffer(body, dtype=np.uint8), names, offsets, hashes, slots, sides,
+                len(self.layout.ad_groups), max_ads, max_values, _LITERALS, sb.ctx_ids,
+                sb.ctx_keys, sb.ctx_lens, sb.ad_ids, sb.ad_keys, sb.ad_lens, sb.meta, sb.num,
+                sb.seen, sb.have)
+            if code != jsonscan.OK:
+                return None
+            nc, ec, na, ea, n_ads, rid_kind, rid_s, rid_e = sb.meta.tolist()
+            batch = EncodedBatch(sb.ctx_ids[:nc], sb.ctx_keys[:ec], sb.ctx_lens[:ec],
+                                 sb.ad_ids[:na], sb.ad_keys[:ea], sb.ad_lens[:ea],
+                                 np.zeros((n_ads, 0), dtype=np.float32), n_ads)
+            scores = self.score_encoded(batch)
+        finally:
+            self._scan_pool.put(sb)
+        rid = orjson.loads(body[rid_s:rid_e]) if rid_kind != jsonscan.RID_NONE else None
+        return scores, rid
+
+    def mlp(self, x_ctx: np.ndarray, x_ad: np.ndarray) -> np.ndarray:
+        """The MLP alone on pooled inputs (context vector once, ad rows in kernel column order);
+        for benchmarks and tests."""
+        x_ctx = np.ascontiguousarray(x_ctx, dtype=np.float32).reshape(1, -1)
+        x_ad = np.ascontiguousarray(x_ad, dtype=np.float32)
+        n = x_ad.shape[0]
+        out = np.empty(n, dtype=np.float32)
+        s = self._take()
+        try:
+            kernels.mlp(x_ctx, self.w_ctx, self.b0, s.c, x_ad, n, self.w_ad,
+                        self.act0, self.params, self.layers, s.buf_a, s.buf_b,
+                        self.small_batch, s.idx, s.vals, out)
+        finally:
+            self._pool.put(s)
+        return out
+
+    # -- warm-up ----------------------------------------------------------------------------
+
+    def touch_pages(self) -> None:
+        """Read one value per page of every table so the first requests do not fault them in."""
+        for table in list(self._ctx.tables) + list(self._ad.tables):
+            flat = table.reshape(-1)
+            step = max(1, _PAGE // flat.itemsize)
+            float(flat[::step].sum())
+
+    def warm_up(self) -> None:
+        """Compile (or load from cache) every kernel path and touch the tables' pages."""
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        for n in sorted({1, self.small_batch + 1, self.chunk + 7}):
+            ctx = {g.name: int(rng.integers(0, 2**63)) for g in self.layout.ctx_groups}
+            ads = [{"features": {g.name: [int(rng.integers(0, 2**63)), int(rng.integers(0, 2**63))]
+                                 for g in self.layout.ad_groups},
+                    "dense": [0.5] * self.manifest.dense_dim} for _ in range(n)]
+            self.score(ctx, ads)
+            if not self.manifest.dense_dim:  # the compiled body scanner the service tries first
+                body = orjson.dumps({"request_id": "warm-up", "context": ctx, "ads": ads})
+                if self.score_json(body, max_ads=n, max_values=2) is None:
+                    raise RuntimeError("warm-up: the body scanner refused a well-formed body")
+        self.mlp(np.zeros(self._ctx.width, np.float32), np.zeros((1, self.w_ad.shape[0]), np.float32))
+        self.touch_pages()
+        self.warm_seconds = time.perf_counter() - t0
+
+    # -- facts ------------------------------------------------------------------------------
+
+    @property
+    def ctx_width(self) -> int:
+        return self._ctx.width
+
+    @property
+    def ad_width(self) -> int:
+        return self.w_ad.shape[0]
+
+    def _column_map(self, groups, dense: bool) -> np.ndarray:
+        """For each kernel input column of one side, its column in the manifest's MLP input."""
+        offsets, start = {}, 0
+        for g in self.manifest.groups:
+            offsets[g.name] = start
+            start += g.dim
+        cols = [np.arange(offsets[g.name], offsets[g.name] + g.dim) for g in groups]
+        if dense:
+            cols.append(np.arange(start, start + self.manifest.dense_dim))
+        return np.concatenate(cols).astype(np.int64) if cols else np.zeros(0, np.int64)

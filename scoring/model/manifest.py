@@ -1,0 +1,221 @@
+"""The manifest of a model package (contract section 2): its fields, their checks, the names.
+
+``manifest.json`` says what a package holds: the feature groups (side, buckets, dim, pooling,
+table file) and the layers (weight, bias, activation). :func:`parse_manifest` checks every field
+and type before any array is opened, and :class:`PackageError` names the field that is wrong.
+Model names and versions become directory names, so they keep to a safe alphabet
+(:func:`check_name`); file names stay inside the package (:func:`check_relative_path`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+FORMAT = "ctr-mlp"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CHECKSUMS = "checksums.md5"
+SIDES = ("context", "ad")
+POOLINGS = ("sum", "mean")
+HIDDEN_ACTIVATIONS = ("relu",)
+OUTPUT_ACTIVATION = "sigmoid"
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few KB; anything near this is not one
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+class PackageError(ValueError):
+    """A model package is malformed; the message names the file or field and what was expected."""
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One feature group: an embedding table pooled into ``dim`` inputs of the MLP."""
+
+    name: str
+    side: str
+    buckets: int
+    dim: int
+    pooling: str
+    table: str
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One fully connected layer: ``h = activation(h @ weight + bias)``."""
+
+    weight: str
+    bias: str
+    activation: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``manifest.json``; ``raw`` keeps every field, including extra ones."""
+
+    name: str
+    version: str
+    groups: tuple[GroupSpec, ...]
+    dense_dim: int
+    layers: tuple[LayerSpec, ...]
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def input_dim(self) -> int:
+        return sum(g.dim for g in self.groups) + self.dense_dim
+
+    def files(self) -> list[str]:
+        """Every array file the manifest names, in manifest order."""
+        names = [g.table for g in self.groups]
+        for layer in self.layers:
+            names += [layer.weight, layer.bias]
+        return names
+
+
+# ----------------------------------------------------------------------------- names and paths
+
+
+def check_relative_path(name: str, what: str = "path") -> str:
+    """Return ``name`` if it is a plain relative POSIX path inside the package, else raise."""
+    if not isinstance(name, str) or not name:
+        raise PackageError(f"{what}: expected a non-empty relative path, got {name!r}")
+    if "\\" in name or "\x00" in name:
+        raise PackageError(f"{what}: {name!r} has a backslash or NUL byte; use '/' separators")
+    p = PurePosixPath(name)
+    if p.is_absolute() or any(part in ("..", ".", "") for part in name.split("/")):
+        raise PackageError(f"{what}: {name!r} must be a relative path inside the package "
+                           "(no '..', '.', empty parts or leading '/')")
+    return name
+
+
+def check_name(name: str, what: str) -> str:
+    """Model names and versions become directory names: keep them to a safe alphabet."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 128:
+        raise PackageError(f"{what} must be 1-128 characters of letters, digits, '_', '-', '.', "
+                           f"not starting with '.' or '-'; got {name!r}")
+    return name
+
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def _field(obj: Mapping[str, Any], key: str, typ: type | tuple, where: str) -> Any:
+    if key not in obj:
+        raise PackageError(f"{MANIFEST}: {where}{key} is missing")
+    val = obj[key]
+    if isinstance(val, bool) and typ is not bool or not isinstance(val, typ):
+        tname = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+        raise PackageError(f"{MANIFEST}: {where}{key} must be {tname}, got {val!r}")
+    return val
+
+
+def _positive_int(obj: Mapping[str, Any], key: str, where: str, minimum: int = 1) -> int:
+    val = _field(obj, key, int, where)
+    if val < minimum:
+        raise PackageError(f"{MANIFEST}: {where}{key} must be an integer >= {minimum}, got {val}")
+    return val
+
+
+def _choice(obj: Mapping[str, Any], key: str, choices: tuple[str, ...], where: str) -> str:
+    val = _field(obj, key, str, where)
+    if val not in choices:
+        raise PackageError(f"{MANIFEST}: {where}{key} must be one of {list(choices)}, got {val!r}")
+    return val
+
+
+def parse_manifest(raw: Any) -> Manifest:
+    """Validate the manifest's fields and types (not the arrays) and return a :class:`Manifest`."""
+    if not isinstance(raw, dict):
+        raise PackageError(f"{MANIFEST}: expected a JSON object, got {type(raw).__name__}")
+    fmt = _field(raw, "format", str, "")
+    if fmt != FORMAT:
+        raise PackageError(f"{MANIFEST}: format must be {FORMAT!r}, got {fmt!r}")
+    fv = _field(raw, "format_version", int, "")
+    if fv != FORMAT_VERSION:
+        raise PackageError(f"{MANIFEST}: format_version must be {FORMAT_VERSION}, got {fv!r}")
+    name = check_name(_field(raw, "name", str, ""), f"{MANIFEST}: name")
+    version = check_name(_field(raw, "version", str, ""), f"{MANIFEST}: version")
+    dense_dim = _positive_int(raw, "dense_dim", "", minimum=0) if "dense_dim" in raw else 0
+
+    groups_raw = _field(raw, "groups", list, "")
+    groups = []
+    seen: set[str] = set()
+    for i, g in enumerate(groups_raw):
+        where = f"groups[{i}]."
+        if not isinstance(g, dict):
+            raise PackageError(f"{MANIFEST}: groups[{i}] must be an object, got {g!r}")
+        gname = _field(g, "name", str, where)
+        if not gname:
+            raise PackageError(f"{MANIFEST}: {where}name must be a non-empty string")
+        if gname in seen:
+            raise PackageError(f"{MANIFEST}: {where}name {gname!r} is repeated; group names must be unique")
+        seen.add(gname)
+        buckets = _positive_int(g, "buckets", where)
+        if buckets >= 2**63:
+            raise PackageError(f"{MANIFEST}: {where}buckets must be < 2**63, got {buckets}")
+        groups.append(GroupSpec(
+            name=gname,
+            side=_choice(g, "side", SIDES, where),
+            buckets=buckets,
+            dim=_positive_int(g, "dim", where),
+            pooling=_choice(g, "pooling", POOLINGS, where),
+            table=check_relative_path(_field(g, "table", str, where), f"{MANIFEST}: {where}table"),
+        ))
+
+    layers_raw = _field(raw, "layers", list, "")
+    if not layers_raw:
+        raise PackageError(f"{MANIFEST}: layers must list at least one layer")
+    layers = []
+    for i, layer in enumerate(layers_raw):
+        where = f"layers[{i}]."
+        if not isinstance(layer, dict):
+            raise PackageError(f"{MANIFEST}: layers[{i}] must be an object, got {layer!r}")
+        last = i == len(layers_raw) - 1
+        allowed = (OUTPUT_ACTIVATION,) if last else HIDDEN_ACTIVATIONS
+        act = _field(layer, "activation", str, where)
+        if act not in allowed:
+            role = "the last layer" if last else "a hidden layer"
+            raise PackageError(f"{MANIFEST}: {where}activation {act!r} is not supported for {role}; "
+                               f"expected one of {list(allowed)}")
+        layers.append(LayerSpec(
+            weight=check_relative_path(_field(layer, "weight", str, where), f"{MANIFEST}: {where}weight"),
+            bias=check_relative_path(_field(layer, "bias", str, where), f"{MANIFEST}: {where}bias"),
+            activation=act,
+        ))
+    if sum(g.dim for g in groups) + dense_dim == 0:
+        raise PackageError(f"{MANIFEST}: the model has no inputs (no groups and dense_dim 0)")
+    manifest = Manifest(name=name, version=version, groups=tuple(groups), dense_dim=dense_dim,
+                        layers=tuple(layers), raw=raw)
+    files = manifest.files()
+    if CHECKSUMS in files or MANIFEST in files:
+        raise PackageError(f"{MANIFEST}: arrays may not be named {MANIFEST} or {CHECKSUMS}")
+    return manifest
+
+
+def read_manifest(root: str | os.PathLike) -> Manifest:
+    """Read and parse ``<root>/manifest.json``; larger than 1 MiB is refused unread."""
+    path = Path(root) / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        raise PackageError(f"{MANIFEST}: missing in {Path(root).name} (or not a regular file)")
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{MANIFEST}: larger than {MAX_MANIFEST_BYTES} bytes; a manifest names "
+                           "files and shapes and is a few KB")
+    return parse_manifest_bytes(data)
+
+
+def parse_manifest_bytes(data: bytes) -> Manifest:
+    """Parse the bytes of a ``manifest.json`` (JSON text, then :func:`parse_manifest`)."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PackageError(f"{MANIFEST}: not valid JSON ({str(exc)[:200]})") from None
+    return parse_manifest(raw)
+
+

@@ -1,0 +1,145 @@
+"""Reading a model package: validate everything, then map the arrays read-only.
+
+:func:`load_package` checks the manifest, every md5 of ``checksums.md5``, every array's dtype,
+shape and chaining, and NaN/Inf, before anything can use the model; a bad package is rejected
+whole with one :class:`~scoring.model.manifest.PackageError` naming the file or field, and is
+never half-usable. Arrays are memory-mapped read-only, so large embedding tables cost no copy and
+are shared between worker processes through the page cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checksums import md5_file, parse_checksums, verify_checksums
+from .manifest import CHECKSUMS, MANIFEST, Manifest, PackageError, read_manifest
+
+FLOAT32_LE = np.dtype("<f4")
+_FINITE_CHUNK_BYTES = 64 << 20
+
+
+@dataclass
+class ModelPackage:
+    """A validated package with its arrays memory-mapped read-only."""
+
+    path: Path
+    manifest: Manifest
+    tables: list[np.ndarray]
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+    checksums: dict[str, str]
+    md5: str  # md5 of checksums.md5: one identity for the whole package
+
+    @property
+    def nbytes(self) -> int:
+        arrays = self.tables + self.weights + self.biases
+        return sum(a.nbytes for a in arrays)
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def _open_array(root: Path, name: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    path = root / name
+    if path.is_symlink() or not path.is_file():
+        raise PackageError(f"{name}: missing ({what})")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # truncated, not .npy, object arrays, ...
+        raise PackageError(f"{name}: cannot be read as a .npy array ({exc})") from None
+    if arr.dtype != FLOAT32_LE:
+        raise PackageError(f"{name}: dtype must be little-endian float32 ('<f4'), got {arr.dtype.str!r}")
+    if arr.shape != shape:
+        raise PackageError(f"{name}: shape must be {list(shape)} ({what}), got {list(arr.shape)}")
+    if not arr.flags.c_contiguous:
+        raise PackageError(f"{name}: must be stored in C order (fortran_order False)")
+    return np.asarray(arr)  # a plain read-only ndarray view of the map: no copy
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """Raise if ``arr`` holds NaN or Inf; scans in chunks so a 2 GB table needs no 2 GB temp."""
+    flat = arr.reshape(-1)
+    step = max(1, _FINITE_CHUNK_BYTES // max(1, arr.itemsize))
+    for start in range(0, flat.size, step):
+        block = flat[start:start + step]
+        if not np.isfinite(block).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(block))[0])
+            idx = np.unravel_index(bad, arr.shape)
+            raise PackageError(f"{name}: holds a non-finite value ({flat[bad]}) at index "
+                               f"{list(map(int, idx))}; weights must be finite")
+
+
+def load_package(root: str | os.PathLike, *, verify: bool = True, finite: bool = True) -> ModelPackage:
+    """Validate a package directory and map its arrays read-only.
+
+    ``verify`` checks ``checksums.md5`` (md5 of every file); ``finite`` scans every array for
+    NaN/Inf. Both default on: a model must never go live unchecked.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise PackageError(f"{root}: not a directory")
+    manifest = read_manifest(root)
+    cpath = root / CHECKSUMS
+    if verify:
+        sums = verify_checksums(root)
+    else:
+        if not cpath.is_file():
+            raise PackageError(f"{CHECKSUMS}: missing in {root}")
+        sums = parse_checksums(cpath.read_text(encoding="utf-8", errors="replace"))
+    for name in manifest.files():
+        if name not in sums:
+            raise PackageError(f"{name}: named in {MANIFEST} but missing from the package "
+                               f"(not listed in {CHECKSUMS})")
+
+    tables = [_open_array(root, g.table, (g.buckets, g.dim), f"groups '{g.name}' table [buckets, dim]")
+              for g in manifest.groups]
+    weights, biases = [], []
+    fan_in = manifest.input_dim
+    for i, layer in enumerate(manifest.layers):
+        wpath = root / layer.weight
+        if not wpath.is_file():
+            raise PackageError(f"{layer.weight}: missing (layers[{i}] weight)")
+        try:
+            header_shape = _npy_shape(wpath)
+        except Exception as exc:
+            raise PackageError(f"{layer.weight}: cannot be read as a .npy array ({exc})") from None
+        if len(header_shape) != 2:
+            raise PackageError(f"{layer.weight}: layers[{i}] weight must be 2-D [in, out], "
+                               f"got shape {list(header_shape)}")
+        fan_out = header_shape[1]
+        if header_shape[0] != fan_in:
+            expected = ("sum of group dims + dense_dim" if i == 0 else f"layers[{i - 1}] out")
+            raise PackageError(f"{layer.weight}: layers[{i}] weight has {header_shape[0]} inputs, "
+                               f"expected {fan_in} ({expected})")
+        if fan_out < 1:
+            raise PackageError(f"{layer.weight}: layers[{i}] weight must have at least one output")
+        weights.append(_open_array(root, layer.weight, (fan_in, fan_out), f"layers[{i}] weight [in, out]"))
+        biases.append(_open_array(root, layer.bias, (fan_out,), f"layers[{i}] bias [out]"))
+        fan_in = fan_out
+    if fan_in != 1:
+        raise PackageError(f"{manifest.layers[-1].weight}: the last layer must have 1 output "
+                           f"(the pCTR), got {fan_in}")
+    if finite:
+        named = [(g.table, t) for g, t in zip(manifest.groups, tables)]
+        for layer, w, b in zip(manifest.layers, weights, biases):
+            named += [(layer.weight, w), (layer.bias, b)]
+        for name, arr in named:
+            check_finite(arr, name)
+    return ModelPackage(path=root, manifest=manifest, tables=tables, weights=weights,
+                        biases=biases, checksums=sums, md5=md5_file(cpath))
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, _ = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, _ = np.lib.format.read_array_header_2_0(f)
+    return tuple(shape)
+
+

@@ -1,0 +1,165 @@
+"""The HTTP API (contract section 3): one route table built by :func:`create_app`.
+
+Endpoints only do HTTP (content type, body size, admin auth, status codes) and hand over to
+:class:`~scoring.serving.dataplane.DataPlane`; the two score endpoints are plain ASGI
+(:mod:`scoring.serving.fastpath`) in front of the routes. Every
+:class:`~scoring.errors.ScoringError` becomes ``{"error": message}`` with its status; anything
+unexpected is logged with its traceback and answered with a generic 500 that leaks nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Protocol, Sequence
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from .. import __version__
+from ..errors import ScoringError
+from ..lifecycle.registry import Registry
+from .auth import AdminAuth
+from .dataplane import DataPlane, DefaultRoute
+from .fastpath import ScoreFastPath
+from .metrics import Metrics
+from .openapi import ADMIN_DOC, JSON, error_doc, install_openapi
+from .schemas import error_json, openapi_components
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """Something the app starts and stops with itself (the registry's poller, a model syncer).
+
+    A service may also have ``before_reload(name) -> dict | None``: the reload endpoint calls it
+    first (the in-process model syncer fetches a new version there) and reports what it returns
+    under ``"sync"``."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type=JSON, headers=headers)
+
+
+def error_response(message: str, status_code: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_json(message), status_code=status_code, media_type=JSON, headers=headers)
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | None = None,
+               services: Sequence[Service] = (), default_route: DefaultRoute | None = None) -> FastAPI:
+    """The service's ASGI app. ``registry`` is started and stopped with it, then ``services``."""
+    metrics = metrics or registry.metrics or Metrics()
+    if registry.metrics is None:
+        registry.metrics = metrics
+    plane = DataPlane(settings, registry, metrics, default_route)
+    admin = AdminAuth(settings.admin_token.get_secret_value() if settings.admin_token else None)
+    max_body = settings.max_body_bytes
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = []
+        try:
+            for service in (registry, *services):
+                service.start()
+                started.append(service)
+            yield
+        finally:
+            for service in reversed(started):
+                service.stop()
+            metrics.process_exited()
+
+    app = FastAPI(title="ctr-scoring", version=__version__, lifespan=lifespan,
+                  description="Online CTR scoring: POST a context and candidate ads, get one pCTR "
+                              "per ad. Models hot-swap from the local repository.")
+    app.state.plane = plane
+    app.state.registry = registry
+
+    # POST /v1/score and /v1/models/{name}/score: ScoreFastPath below (plain ASGI, no route)
+
+    # -- models --------------------------------------------------------------------------------
+
+    @app.get("/v1/models", summary="Every model: name, version, kind, state, md5, loaded_at")
+    def list_models() -> Response:
+        return json_response(plane.models())
+
+    @app.get("/v1/models/{name}", summary="One model", responses={404: error_doc("Unknown model")})
+    def get_model(name: str) -> Response:
+        return json_response(plane.model(name))
+
+    @app.post("/v1/models/{name}/reload", summary="Admin: pick up the newest valid version now",
+              **ADMIN_DOC)
+    def reload_model(name: str, request: Request) -> Response:
+        admin(request)
+        hooks = [getattr(s, "before_reload", None) for s in services]
+        synced = [r for hook in hooks if hook is not None and (r := hook(name)) is not None]
+        out = plane.reload(name)
+        if synced:
+            out["sync"] = synced[0]
+        return json_response(out)
+
+    @app.post("/v1/models/{name}/rollback", summary="Admin: go back to the previous version",
+              **ADMIN_DOC)
+    def rollback_model(name: str, request: Request) -> Response:
+        admin(request)
+        return json_response(plane.rollback(name))
+
+    # -- operations ----------------------------------------------------------------------------
+
+    @app.get("/healthz", summary="Liveness: 200 while the process serves HTTP")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz", summary="Readiness: 503 until every configured model is loaded and warm",
+             responses={503: error_doc("Not ready; says which model is missing")})
+    async def readyz() -> Response:
+        ok, body = plane.ready()
+        if ok:
+            return json_response(body)
+        return json_response({"error": "not ready: " + "; ".join(body["missing"]), **body}, 503)
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)")
+    def metrics_endpoint() -> Response:
+        data, ctype = metrics.render()
+        return Response(data, media_type=ctype)
+
+    # -- errors --------------------------------------------------------------------------------
+
+    @app.exception_handler(ScoringError)
+    async def scoring_error(request: Request, exc: ScoringError) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return error_response(exc.message, exc.status_code, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            message = f"{request.url.path}: no such endpoint"
+        elif exc.status_code == 405:
+            message = f"{request.method} {request.url.path}: method not allowed"
+        return error_response(message, exc.status_code, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query"))
+        return error_response(f"{where or 'request'}: {first.get('msg', 'invalid')}", 422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("%s %s: unexpected error", request.method, request.url.path, exc_info=exc)
+        return error_response("internal error; the service logged the details", 500)
+
+    install_openapi(app, openapi_components(settings.max_values_per_group))
+    app.add_middleware(ScoreFastPath, plane=plane, max_body=max_body)
+    return app

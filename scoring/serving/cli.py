@@ -1,0 +1,149 @@
+"""``ctr-serve``: flags -> settings -> uvicorn, which builds the app in every worker.
+
+Flags override the matching ``CTR_*`` environment variables. The flags are written back into the
+environment before uvicorn starts, so with ``--workers N`` every worker process builds the same
+settings in :func:`scoring.serving.wiring.app_factory`. Workers map the same package files, so the
+tables are in memory once (the page cache) however many workers there are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# flag -> (settings field, argparse options)
+FLAGS: dict[str, tuple[str, dict]] = {
+    "--model-repo": ("model_repo", {"metavar": "DIR"}),
+    "--host": ("host", {}),
+    "--port": ("port", {"type": int}),
+    "--workers": ("workers", {"type": int, "metavar": "N"}),
+    "--models": ("models", {"metavar": "A,B", "type": lambda s: [m for m in s.split(",") if m]}),
+    "--default-model": ("default_model", {"metavar": "NAME"}),
+    "--models-config": ("models_config", {"metavar": "FILE"}),
+    "--max-ads": ("max_ads", {"type": int}),
+    "--max-body-bytes": ("max_body_bytes", {"type": int}),
+    "--max-values-per-group": ("max_values_per_group", {"type": int}),
+    "--poll-interval": ("poll_interval", {"type": float, "metavar": "SECONDS"}),
+    "--keep-versions": ("keep_versions", {"type": int, "metavar": "N"}),
+    "--log-format": ("log_format", {"choices": ["plain", "json"]}),
+    "--log-level": ("log_level", {"choices": ["debug", "info", "warning", "error"]}),
+    "--metrics-dir": ("metrics_dir", {"metavar": "DIR"}),
+}
+SWITCHES = {"--access-log": ("access_log", True), "--no-demo": ("demo_on_empty", False)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctr-serve", description="Serve CTR models from a local repository over HTTP.",
+        epilog="Every flag has an environment variable CTR_<FLAG> (e.g. CTR_MODEL_REPO). "
+               "Admin endpoints need CTR_ADMIN_TOKEN (environment only).")
+    for flag, (field, opts) in FLAGS.items():
+        doc = Settings.model_fields[field].description or ""
+        default = Settings.model_fields[field].default
+        parser.add_argument(flag, dest=field, default=None, help=f"{doc} [{default}]", **opts)
+    for flag, (field, value) in SWITCHES.items():
+        parser.add_argument(flag, dest=field, action="store_const", const=value, default=None,
+                            help=Settings.model_fields[field].description)
+    return parser
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
+    """Parse flags, export them as ``CTR_*`` variables (for worker processes) and build settings."""
+    args = build_parser().parse_args(argv)
+    for field, value in vars(args).items():
+        if value is None:
+            continue
+        env = f"CTR_{field.upper()}"
+        os.environ[env] = json.dumps(value) if isinstance(value, list) else str(value)
+    return Settings()
+
+
+def ensure_demo(settings: Settings) -> None:
+    """On an empty repository, write the built-in demo model so a bare ``ctr-serve`` serves."""
+    from ..lifecycle.repo import ModelRepo
+    from ..model.demo import DEMO_NAME, write_demo
+
+    repo = ModelRepo(settings.model_repo)
+    if not settings.demo_on_empty or repo.models():
+        return
+    t0 = time.perf_counter()
+    staged = repo.staging_dir(DEMO_NAME)
+    try:
+        write_demo(staged, version="seed0")
+        repo.install(DEMO_NAME, staged, "seed0")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    log.info("empty repository %s: wrote the built-in demo model %r in %.1fs", settings.model_repo,
+             DEMO_NAME, time.perf_counter() - t0)
+
+
+def _prepare_metrics_dir(settings: Settings) -> Path | None:
+    """Multi-process Prometheus: every worker writes its values to files in one fresh directory;
+    it must be in the environment before any worker imports prometheus_client. Returns the
+    directory when it is a temporary one of ours (removed at exit)."""
+    temporary = None if settings.metrics_dir else Path(tempfile.mkdtemp(prefix="ctr-metrics-"))
+    path = Path(settings.metrics_dir or temporary)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return temporary
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    from .logs import configure_logging
+
+    try:
+        settings = settings_from_args(argv)
+    except ValueError as exc:  # pydantic's ValidationError names the variable
+        print(f"ctr-serve: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level, settings.access_log)
+    if settings.models_config:
+        from ..upstream.config import ConfigError, load_models_config
+
+        try:  # fail here with the field named, not in every worker
+            load_models_config(settings.models_config)
+        except ConfigError as exc:
+            print(f"ctr-serve: invalid models config: {exc}", file=sys.stderr)
+            return 2
+    if os.environ.get("CTR_SYNC_SOURCE"):
+        from ..sync import config_from_env
+
+        try:  # in-process model sync (CTR_SYNC_*): fail here with the variable named
+            config_from_env(settings.model_repo)
+        except ValueError as exc:
+            print(f"ctr-serve: invalid settings: {exc}", file=sys.stderr)
+            return 2
+    else:  # with a sync source the repository fills itself: no demo model
+        ensure_demo(settings)
+    temporary = _prepare_metrics_dir(settings) if settings.workers > 1 else None
+    import uvicorn
+
+    log.info("serving %s on http://%s:%d with %d worker(s)", settings.model_repo, settings.host,
+             settings.port, settings.workers)
+    try:
+        uvicorn.run("scoring.serving.wiring:app_factory", factory=True, host=settings.host,
+                    port=settings.port, workers=settings.workers, log_config=None,
+                    access_log=settings.access_log, server_header=False,
+                    timeout_graceful_shutdown=10)
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main())

@@ -1,0 +1,137 @@
+"""What the endpoints do, apart from HTTP: decode, check limits, pick the model, score, encode,
+count. The score path is hot: no logging, no per-request allocation it can avoid, one JSON
+decode (msgspec) and one encode (orjson, float32 scores written in their shortest form).
+
+Scoring runs inline on the event loop, not in a thread pool: with one worker process per core
+there is no idle core for a pool thread to use, and the hop cost throughput. Measured on one
+core with 100-ad demo requests (wrk, 8 connections): about 945 requests/s inline against
+700-770 through ``anyio.to_thread``. Model loads run in the registry's own thread.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import orjson
+
+from ..errors import PayloadTooLarge, ScoringError
+from .metrics import Metrics
+from ..lifecycle.loader import LiveModel
+from ..lifecycle.registry import Registry, SyncResult
+from .schemas import ScoreDecoder
+from .settings import Settings
+
+_DUMPS = orjson.dumps
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_UNKNOWN = "-"
+
+# chooses the model of ``POST /v1/score`` from the decoded request (experiments plug in here)
+DefaultRoute = Callable[[Any], LiveModel]
+
+
+class DataPlane:
+    """Scoring and model operations, shared by every endpoint of one app."""
+
+    def __init__(self, settings: Settings, registry: Registry, metrics: Metrics,
+                 default_route: DefaultRoute | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.max_ads = settings.max_ads
+        self.decoder = ScoreDecoder(settings.max_values_per_group)
+        self.max_values = settings.max_values_per_group
+        self.default_route: DefaultRoute = default_route or (lambda request: registry.default())
+        self._plain_default = default_route is None  # no experiment: the model is known up front
+
+    async def score(self, body: bytes, name: str | None = None) -> bytes:
+        """Score one request body for model ``name`` (None: the default route); JSON bytes."""
+        t0 = time.perf_counter()
+        metrics = self.metrics
+        model: LiveModel | None = None
+        metrics.in_flight.inc()
+        try:
+            if name is not None:
+                model = self.registry.get(name)
+            elif self._plain_default:
+                model = self._default_or_none()
+            scan = getattr(model.scorer, "score_json", None) if model is not None else None
+            fast = scan(body, self.max_ads, self.max_values) if scan is not None else None
+            if fast is not None:  # the compiled scanner took the body (see scoring/jsonscan.py)
+                scores, request_id = fast
+                out = _DUMPS({"model": model.name, "version": model.version, "scores": scores,
+                              "request_id": request_id}, option=_NUMPY)
+                metrics.count_request(model.name, model.version, 200)
+                metrics.observe(model.name, time.perf_counter() - t0, len(scores))
+                return out
+            request = self.decoder.decode(body)
+            ads = request.ads
+            if len(ads) > self.max_ads:
+                raise PayloadTooLarge(f"ads: {len(ads)} ads, more than {self.max_ads} in one request "
+                                      "(CTR_MAX_ADS); split the batch")
+            if model is None:
+                model = self.default_route(request)
+            scorer = model.scorer
+            score_async = getattr(scorer, "score_async", None)
+            if score_async is None:
+                scores = scorer.score(request.context, ads)
+                doc = {"model": model.name, "version": model.version, "scores": scores,
+                       "request_id": request.request_id}
+            else:  # TF Serving models and experiment arms: a Scored that says who scored
+                scored = await score_async(request.context, ads)
+                doc = {"model": scored.model, "version": scored.version, "scores": scored.scores,
+                       "request_id": request.request_id}
+                if scored.extra:
+                    doc.update(scored.extra)  # arm, fallback_for, fallback_reason
+            out = _DUMPS(doc, option=_NUMPY)
+        except Exception as exc:  # count every answer; the caller turns it into JSON
+            status = exc.status_code if isinstance(exc, ScoringError) else 500
+            metrics.count_request(model.name if model else _UNKNOWN,
+                                  model.version if model else _UNKNOWN, status)
+            raise
+        finally:
+            metrics.in_flight.dec()
+        metrics.count_request(model.name, model.version, 200)
+        metrics.observe(model.name, time.perf_counter() - t0, len(ads))
+        return out
+
+    def _default_or_none(self) -> LiveModel | None:
+        """The default model, or None to let the ordinary path raise the right error after
+        decoding (a malformed body is a 400 even while no model is loaded)."""
+        try:
+            return self.registry.default()
+        except ScoringError:
+            return None
+
+    # -- models and operations -------------------------------------------------------------------
+
+    def models(self) -> dict[str, Any]:
+        return {"models": [self.registry.describe(n) for n in self.registry.names()]}
+
+    def model(self, name: str) -> dict[str, Any]:
+        return self.registry.describe(name)
+
+    def reload(self, name: str) -> dict[str, Any]:
+        return self._after(self.registry.reload(name))
+
+    def rollback(self, name: str) -> dict[str, Any]:
+        return self._after(self.registry.rollback(name))
+
+    def _after(self, result: SyncResult) -> dict[str, Any]:
+        out = result.describe()
+        out["model"] = self.registry.describe(result.name) if result.live else None
+        return out
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        ok, missing = self.registry.ready()
+        live = {n: self.registry.get(n).version for n in self.registry.names()
+                if _is_live(self.registry, n)}
+        return ok, {"status": "ready" if ok else "not ready", "models": live, "missing": missing}
+
+
+def _is_live(registry: Registry, name: str) -> bool:
+    try:
+        registry.get(name)
+    except ScoringError:
+        return False
+    return True

@@ -1,0 +1,160 @@
+"""The score request and response bodies: fast validating decode, errors that name the field.
+
+Bodies are decoded by msgspec straight into Structs (one C pass: JSON syntax, shape and types).
+Feature values are then hashed and checked against the model by :mod:`scoring.engine.features`, which
+names bad values itself. When msgspec rejects a body, its message is rewritten to name the field
+the way the rest of the service does (``ads[3].features.category``); msgspec cannot name a
+mapping's key, so for those a slow second pass over the plain JSON finds it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Any, Union
+
+import msgspec
+import orjson
+
+from ..errors import InvalidRequest, MalformedRequest, PayloadTooLarge
+
+ScalarValue = Union[str, int]
+
+_VALUE_DOC = ("A feature value: a string (hashed with xxh64, seed 0) or an integer id the client "
+              "already hashed (0 <= id < 2**64), or a list of them (pooled by sum or mean).")
+
+
+@lru_cache(maxsize=8)
+def request_types(max_values: int) -> tuple[type, type]:
+    """``(ScoreRequest, Ad)`` Struct types whose feature lists hold at most ``max_values``."""
+    value = Annotated[
+        Union[str, int, Annotated[list[ScalarValue], msgspec.Meta(max_length=max_values)]],
+        msgspec.Meta(description=_VALUE_DOC)]
+    groups = Annotated[dict[str, value], msgspec.Meta(
+        description="Feature group name -> value(s). Unknown group names are rejected (422).")]
+    ad = msgspec.defstruct("Ad", [
+        ("id", Annotated[Union[str, int, None], msgspec.Meta(
+            description="The caller's id of the ad; not used for scoring.")], None),
+        ("features", Annotated[Union[groups, None], msgspec.Meta(
+            description="The ad's groups (side 'ad' in the manifest). Absent groups are zero vectors.",
+            examples=[{"ad_id": "a1", "category": ["hotpot", "bbq"]}])], None),
+        ("dense", Annotated[Union[list[float], None], msgspec.Meta(
+            description="Exactly dense_dim finite numbers when the model has dense features.")], None),
+    ], kw_only=True, omit_defaults=True)
+    request = msgspec.defstruct("ScoreRequest", [
+        ("ads", Annotated[list[ad], msgspec.Meta(
+            description="Candidate ads; scores[i] belongs to ads[i]. May be empty.")]),
+        ("context", Annotated[Union[groups, None], msgspec.Meta(
+            description="Request-wide groups (side 'context'): user, query, time, ...",
+            examples=[{"user_id": "u42", "city": "bj", "hour": "14"}])], None),
+        ("request_id", Annotated[Union[str, int, None], msgspec.Meta(
+            description="Optional; echoed back in the response.")], None),
+    ], kw_only=True, omit_defaults=True)
+    return request, ad
+
+
+class ScoreResponse(msgspec.Struct):
+    """What a score request answers."""
+
+    model: Annotated[str, msgspec.Meta(description="The model that scored the request.")]
+    version: Annotated[str, msgspec.Meta(description="The exact version that scored every ad.")]
+    scores: Annotated[list[float], msgspec.Meta(description="pCTR of ads[i], in [0, 1].")]
+    request_id: Union[str, int, None] = None
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error answer."""
+
+    error: Annotated[str, msgspec.Meta(description="What was wrong, naming the field.")]
+
+
+class ScoreDecoder:
+    """Decode score bodies for one limit of values per group."""
+
+    def __init__(self, max_values: int) -> None:
+        self.max_values = max_values
+        self.request_type, _ = request_types(max_values)
+        self._decode = msgspec.json.Decoder(self.request_type).decode
+
+    def decode(self, body: bytes) -> Any:
+        try:
+            return self._decode(body)
+        except msgspec.ValidationError as exc:
+            raise self._explain(body, str(exc)) from None
+        except msgspec.DecodeError as exc:
+            if not body.strip():
+                raise MalformedRequest("body: empty; expected a JSON object with 'ads'") from None
+            raise MalformedRequest(f"body: not valid JSON ({exc})") from None
+
+    def _explain(self, body: bytes, message: str) -> Exception:
+        what, _, where = message.partition(" - at `")
+        where = where.rstrip("`")
+        if "[...]" in where:  # msgspec cannot name a mapping key: find it in the plain JSON
+            found = locate_bad_value(orjson.loads(body), self.max_values)
+            if found is not None:
+                return found
+        path = where[2:] if where.startswith("$.") else ("body" if where in ("", "$") else where)
+        if what.startswith("Object missing required field"):
+            field = what.split("`")[1]
+            path = field if path == "body" else f"{path}.{field}"
+            return InvalidRequest(f"{path}: required field is missing")
+        if "of length <=" in what:
+            return PayloadTooLarge(f"{path}: more than {self.max_values} values in one group "
+                                   f"(CTR_MAX_VALUES_PER_GROUP)")
+        if what == "Number out of range":
+            return InvalidRequest(f"{path}: number out of range; expected a finite float32 number")
+        what = what.replace("`", "'")
+        return InvalidRequest(f"{path}: {what[0].lower()}{what[1:]}")
+
+
+def locate_bad_value(doc: Any, max_values: int) -> Exception | None:
+    """The first feature value of a plain JSON body that is not a string, an integer or a list of
+    them (or lists too many values), as an error naming it; None if there is none."""
+    if not isinstance(doc, dict):
+        return None
+    places = [("context", doc.get("context"))]
+    ads = doc.get("ads")
+    if isinstance(ads, list):
+        places += [(f"ads[{i}].features", ad.get("features"))
+                   for i, ad in enumerate(ads) if isinstance(ad, dict)]
+    for where, groups in places:
+        if not isinstance(groups, dict):
+            continue
+        for name, value in groups.items():
+            field = f"{where}.{name}"
+            if isinstance(value, list):
+                if len(value) > max_values:
+                    return PayloadTooLarge(f"{field}: {len(value)} values, more than {max_values} "
+                                           f"in one group (CTR_MAX_VALUES_PER_GROUP)")
+                for j, v in enumerate(value):
+                    if not _scalar(v):
+                        return InvalidRequest(f"{field}[{j}]: expected a string or an integer id, "
+                                              f"got {_kind(v)}")
+            elif not _scalar(value):
+                return InvalidRequest(f"{field}: expected a string, an integer id or a list of "
+                                      f"them, got {_kind(value)}")
+    return None
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"a boolean ({str(v).lower()})"
+    return {dict: "an object", list: "a list", float: f"a float ({v!r})"}.get(type(v), type(v).__name__)
+
+
+def error_json(message: str) -> bytes:
+    """The body of every error answer."""
+    return orjson.dumps({"error": message})
+
+
+def openapi_components(max_values: int) -> dict[str, Any]:
+    """JSON Schemas of the score bodies, for the OpenAPI document's ``components.schemas``."""
+    request, _ = request_types(max_values)
+    _, components = msgspec.json.schema_components(
+        [request, ScoreResponse, ErrorBody], ref_template="#/components/schemas/{name}")
+    return components

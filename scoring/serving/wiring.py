@@ -1,0 +1,66 @@
+"""The composition root of one worker process: repository -> registry -> app, plus what the
+settings ask for beside them (TF Serving models and experiments, the in-process model syncer).
+
+``ctr-serve`` (:mod:`scoring.serving.cli`) parses flags into ``CTR_*`` variables and starts
+uvicorn, which calls :func:`app_factory` in every worker process; tests call :func:`build_app`.
+This is the one module that puts the serving side and the syncer (:mod:`scoring.sync`) together.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..lifecycle.registry import Registry
+from ..lifecycle.repo import ModelRepo
+from .app import create_app
+from .logs import configure_logging
+from .metrics import LATENCY_BUCKETS, Metrics
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings):
+    """The app of one worker process: repository -> registry -> API."""
+    from ..upstream.config import load_models_config
+    from ..upstream.setup import setup_models
+
+    metrics = Metrics()
+    config = load_models_config(settings.models_config) if settings.models_config else None
+    models = [m.name for m in config.native] if config else (settings.models or None)
+    default = (config.default if config else None) or settings.default_model
+    registry = Registry(ModelRepo(settings.model_repo), models=models, default_model=default,
+                        keep=settings.keep_versions, poll_interval=settings.poll_interval,
+                        metrics=metrics)
+    sync = in_process_sync(settings, registry, metrics)
+    if config is None:
+        return create_app(settings, registry, metrics=metrics, services=sync)
+    setup = setup_models(config, registry, metrics.registry, LATENCY_BUCKETS)  # TF Serving models, experiments
+    return create_app(settings, registry, metrics=metrics, services=[*sync, *setup.services],
+                      default_route=setup.default_route)
+
+
+def in_process_sync(settings: Settings, registry, metrics) -> list:
+    """With ``CTR_SYNC_SOURCE`` set, a model syncer (:mod:`scoring.sync`) runs in this process: started
+    and stopped with the app, asked first by the reload endpoint, and the registry looks at the
+    repository as soon as it installs a version. With ``--workers N`` every worker runs one; a file
+    lock lets only one of them download."""
+    if not os.environ.get("CTR_SYNC_SOURCE"):
+        return []
+    from ..sync import metrics as sync_metrics
+    from ..sync import sync_service_from_env
+
+    def installed(name: str, version: str) -> None:
+        registry.sync(name)
+
+    handle = sync_service_from_env(settings.model_repo, on_installed=installed)
+    sync_metrics.register(metrics.registry)
+    return [handle] if handle is not None else []
+
+
+def app_factory():
+    """What uvicorn calls in each worker (``scoring.serving.wiring:app_factory``, factory mode)."""
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level, settings.access_log)
+    return build_app(settings)

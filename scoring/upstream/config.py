@@ -1,0 +1,418 @@
+"""The models config file (``CTR_MODELS_CONFIG``, YAML or JSON): which models serve, and how.
+
+* ``kind: native`` models are packages in the local repository, scored by our engine. Without a
+  config file every model in the repository is served this way.
+* ``kind: tfserving`` models are scored by TensorFlow Serving over its REST API (the "second leg"
+  for structures our engine cannot run yet), with an optional native ``fallback``.
+* ``experiments`` splits ``POST /v1/score`` traffic: each arm takes a share (N.NN %) of the 10,000
+  buckets of ``xxh64(key)``; the ``default`` model takes the rest.
+
+Everything is validated up front; a mistake raises :class:`ConfigError` naming the field, e.g.
+``models[1].deadline_ms: expected an integer 1..60000, got 0``. docs/models-config.md is the
+user's guide to this file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import yaml
+
+from ..model.manifest import PackageError, check_name
+
+KINDS = ("native", "tfserving")
+FORMATS = ("row", "columnar")
+EXPERIMENT_KEYS = ("context.user_id", "request_id")
+BUCKETS = 10_000
+
+
+class ConfigError(ValueError):
+    """The models config is invalid; the message names the field and what was expected."""
+
+
+@dataclass(frozen=True)
+class NativeModel:
+    """A model from the local repository, scored by the engine."""
+
+    name: str
+    kind: str = "native"
+
+
+@dataclass(frozen=True)
+class Features:
+    """The request groups a TF Serving model takes (what our API validates before sending)."""
+
+    context: tuple[str, ...]
+    ad: tuple[str, ...]
+    dense_dim: int = 0
+
+
+@dataclass(frozen=True)
+class InputMapping:
+    """How a request becomes TF Serving input tensors.
+
+    ``tensors`` maps a group to its tensor name (default: the group's own name); each is an int64
+    id matrix ``[n_ads, max_len]`` padded with ``pad_id``. ``lengths`` is a name template for the
+    int64 ``[n_ads]`` count of real ids per row (``{group}`` is replaced), or None to send none.
+    ``dense`` names the float ``[n_ads, dense_dim]`` tensor. ``output`` picks the output tensor
+    when the signature has several."""
+
+    tensors: Mapping[str, str] = field(default_factory=dict)
+    lengths: str | None = "{group}_len"
+    pad_id: int = 0
+    dense: str = "dense"
+    output: str | None = None
+
+    def tensor(self, group: str) -> str:
+        return self.tensors.get(group, group)
+
+    def length_tensor(self, group: str) -> str | None:
+        return self.lengths.replace("{group}", self.tensor(group)) if self.lengths else None
+
+
+@dataclass(frozen=True)
+class Breaker:
+    failures: int = 5          # consecutive failures of one upstream that open its circuit
+    cooldown_ms: int = 2000    # open for this long, then one probe request (half-open)
+
+
+@dataclass(frozen=True)
+class TFServingModel:
+    """A model scored by TensorFlow Serving's REST predict API."""
+
+    name: str
+    urls: tuple[str, ...]
+    model_name: str
+    features: Features | None            # None: taken from the fallback model's manifest
+    version: int | None = None
+    label: str | None = None
+    signature_name: str | None = None
+    deadline_ms: int = 50
+    max_concurrency: int = 4             # sub-requests of one request in flight at once
+    sub_batch_size: int = 32             # ads per sub-request
+    max_connections: int = 64            # pooled keep-alive connections per upstream host
+    format: str = "row"                  # "row" (instances) or "columnar" (inputs)
+    inputs: InputMapping = field(default_factory=InputMapping)
+    fallback: str | None = None
+    breaker: Breaker = field(default_factory=Breaker)
+    kind: str = "tfserving"
+
+    def predict_path(self) -> str:
+        """``/v1/models/{m}[/versions/{v}|/labels/{l}]:predict`` (TF Serving's REST URL)."""
+        return self.model_path() + ":predict"
+
+    def model_path(self) -> str:
+        path = f"/v1/models/{self.model_name}"
+        if self.version is not None:
+            path += f"/versions/{self.version}"
+        elif self.label is not None:
+            path += f"/labels/{self.label}"
+        return path
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One experiment arm: ``buckets`` of the 10,000 (share 5.25 % -> 525 buckets)."""
+
+    name: str
+    model: str
+    buckets: int
+
+    @property
+    def share(self) -> float:
+        return self.buckets * 100.0 / BUCKETS
+
+
+@dataclass(frozen=True)
+class Experiments:
+    """One traffic layer over ``POST /v1/score``; more layers (other salts) can be added later."""
+
+    key: str = "context.user_id"
+    salt: str = ""
+    arms: tuple[Arm, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    models: tuple[NativeModel | TFServingModel, ...]
+    default: str | None = None
+    experiments: Experiments | None = None
+    source: str = "(repository)"
+
+    def get(self, name: str) -> NativeModel | TFServingModel | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    @property
+    def native(self) -> list[NativeModel]:
+        return [m for m in self.models if isinstance(m, NativeModel)]
+
+    @property
+    def tfserving(self) -> list[TFServingModel]:
+        return [m for m in self.models if isinstance(m, TFServingModel)]
+
+    def experimental(self) -> set[str]:
+        """Models that only serve an experiment arm or are TF Serving models (readiness skips
+        them: an experiment's upstream must not take the service down)."""
+        names = {m.name for m in self.tfserving}
+        if self.experiments:
+            names |= {a.model for a in self.experiments.arms if a.model != self.default}
+        return names
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def default_config(repo_models: Iterable[str]) -> ModelsConfig:
+    """No config file: every model in the repository, native."""
+    return ModelsConfig(models=tuple(NativeModel(n) for n in repo_models))
+
+
+def load_models_config(path: str | os.PathLike | None,
+                       repo_models: Iterable[str] = ()) -> ModelsConfig:
+    """Read and validate the file at ``path`` (YAML or JSON); None means no file."""
+    if path is None or str(path) == "":
+        return default_config(repo_models)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"CTR_MODELS_CONFIG: cannot read {p} ({exc.strerror or exc})") from None
+    try:
+        raw = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'} "
+                          f"({str(exc).splitlines()[0]})") from None
+    return parse_models_config(raw, source=str(p))
+
+
+def parse_models_config(raw: Any, source: str = "models config") -> ModelsConfig:
+    """Validate an already-parsed config document."""
+    r = _Reader(raw, "", source)
+    r.only("models", "default", "experiments")
+    models_raw = r.get("models", list, required=True)
+    if not models_raw:
+        raise ConfigError(f"{source}: models must list at least one model")
+    models: list[NativeModel | TFServingModel] = []
+    for i, m in enumerate(models_raw):
+        models.append(_model(_Reader(m, f"models[{i}].", source)))
+    names = [m.name for m in models]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise ConfigError(f"{source}: models[{i}].name {n!r} is repeated; names must be unique")
+    native = {m.name for m in models if isinstance(m, NativeModel)}
+    for i, m in enumerate(models):
+        if isinstance(m, TFServingModel):
+            if m.fallback is not None and m.fallback not in native:
+                raise ConfigError(f"{source}: models[{i}].fallback {m.fallback!r} must name a "
+                                  f"native model of this file; native models: {sorted(native)}")
+            if m.features is None and m.fallback is None:
+                raise ConfigError(f"{source}: models[{i}].features is required when there is "
+                                  "no fallback (the request's groups cannot be known otherwise)")
+    default = r.get("default", str)
+    if default is not None and default not in names:
+        raise ConfigError(f"{source}: default {default!r} is not a model of this file; "
+                          f"models: {names}")
+    experiments = None
+    if r.has("experiments"):
+        experiments = _experiments(_Reader(r.raw["experiments"], "experiments.", source), names)
+        if default is None:
+            raise ConfigError(f"{source}: default is required with experiments "
+                              "(the model that takes the traffic no arm takes)")
+    return ModelsConfig(models=tuple(models), default=default, experiments=experiments,
+                        source=source)
+
+
+def _model(r: _Reader) -> NativeModel | TFServingModel:
+    kind = r.choice("kind", KINDS, default="native")
+    name = r.name("name", required=True)
+    if kind == "native":
+        r.only("name", "kind")
+        return NativeModel(name)
+    r.only("name", "kind", "urls", "url", "model_name", "version", "label", "signature_name",
+           "deadline_ms", "max_concurrency", "sub_batch_size", "max_connections", "format",
+           "features", "inputs", "fallback", "breaker")
+    if r.has("url") and r.has("urls"):
+        raise ConfigError(f"{r.source}: {r.where}url and {r.where}urls: give one of them")
+    urls_raw = [r.raw["url"]] if r.has("url") else r.get("urls", list, required=True)
+    if not urls_raw:
+        raise ConfigError(f"{r.source}: {r.where}urls must list at least one TF Serving REST URL")
+    urls = tuple(_url(u, f"{r.where}urls[{j}]", r.source) for j, u in enumerate(urls_raw))
+    version = r.integer("version", 0, 2**63 - 1)
+    label = r.get("label", str)
+    if version is not None and label is not None:
+        raise ConfigError(f"{r.source}: {r.where}version and {r.where}label: give at most one")
+    if label is not None:
+        _path_part(label, f"{r.where}label", r.source)
+    model_name = r.get("model_name", str) or name
+    _path_part(model_name, f"{r.where}model_name", r.source)
+    return TFServingModel(
+        name=name, urls=urls, model_name=model_name, version=version, label=label,
+        signature_name=r.get("signature_name", str),
+        deadline_ms=r.integer("deadline_ms", 1, 60_000, default=50),
+        max_concurrency=r.integer("max_concurrency", 1, 256, default=4),
+        sub_batch_size=r.integer("sub_batch_size", 1, 100_000, default=32),
+        max_connections=r.integer("max_connections", 1, 10_000, default=64),
+        format=r.choice("format", FORMATS, default="row"),
+        features=_features(r.sub("features")) if r.has("features") else None,
+        inputs=_inputs(r.sub("inputs")) if r.has("inputs") else InputMapping(),
+        fallback=r.name("fallback"),
+        breaker=_breaker(r.sub("breaker")) if r.has("breaker") else Breaker(),
+    )
+
+
+def _features(r: _Reader) -> Features:
+    r.only("context", "ad", "dense_dim")
+    groups = {}
+    for side in ("context", "ad"):
+        names = r.get(side, list, default=[])
+        for j, g in enumerate(names):
+            if not isinstance(g, str) or not g:
+                raise ConfigError(f"{r.source}: {r.where}{side}[{j}]: expected a group name, got {g!r}")
+        groups[side] = tuple(names)
+    both = set(groups["context"]) & set(groups["ad"])
+    all_names = groups["context"] + groups["ad"]
+    if both or len(set(all_names)) != len(all_names):
+        dup = sorted(both) or sorted({g for g in all_names if all_names.count(g) > 1})
+        raise ConfigError(f"{r.source}: {r.where}: group {dup[0]!r} is listed twice; "
+                          "a group is either context or ad, once")
+    dense_dim = r.integer("dense_dim", 0, 1_000_000, default=0)
+    if not all_names and not dense_dim:
+        raise ConfigError(f"{r.source}: {r.where}: no groups and dense_dim 0; the model has no inputs")
+    return Features(groups["context"], groups["ad"], dense_dim)
+
+
+def _inputs(r: _Reader) -> InputMapping:
+    r.only("tensors", "lengths", "pad_id", "dense", "output")
+    tensors = r.get("tensors", dict, default={})
+    for g, t in tensors.items():
+        if not isinstance(t, str) or not t:
+            raise ConfigError(f"{r.source}: {r.where}tensors.{g}: expected a tensor name, got {t!r}")
+    lengths = r.get("lengths", str, default="{group}_len", nullable=True)
+    return InputMapping(tensors=dict(tensors), lengths=lengths,
+                        pad_id=r.integer("pad_id", -(2**63), 2**63 - 1, default=0),
+                        dense=r.get("dense", str, default="dense"), output=r.get("output", str))
+
+
+def _breaker(r: _Reader) -> Breaker:
+    r.only("failures", "cooldown_ms")
+    return Breaker(failures=r.integer("failures", 1, 1_000_000, default=5),
+                   cooldown_ms=r.integer("cooldown_ms", 1, 3_600_000, default=2000))
+
+
+def _experiments(r: _Reader, names: Sequence[str]) -> Experiments:
+    r.only("key", "salt", "arms")
+    key = r.choice("key", EXPERIMENT_KEYS, default="context.user_id")
+    arms_raw = r.get("arms", list, required=True)
+    arms, total = [], 0
+    for j, a in enumerate(arms_raw):
+        ar = _Reader(a, f"{r.where}arms[{j}].", r.source)
+        ar.only("name", "model", "share")
+        model = ar.get("model", str, required=True)
+        if model not in names:
+            raise ConfigError(f"{r.source}: {ar.where}model {model!r} is not a model of this file; "
+                              f"models: {list(names)}")
+        share = ar.get("share", (int, float), required=True)
+        buckets = round(share * 100)
+        if not 0 < share <= 100 or abs(buckets - share * 100) > 1e-6:
+            raise ConfigError(f"{r.source}: {ar.where}share: expected a percentage > 0 and <= 100 "
+                              f"with at most two decimals (N.NN), got {share!r}")
+        arm_name = ar.name("name") or model
+        if any(arm_name == x.name for x in arms):
+            raise ConfigError(f"{r.source}: {ar.where}name {arm_name!r} is repeated")
+        arms.append(Arm(arm_name, model, buckets))
+        total += buckets
+    if total > BUCKETS:
+        raise ConfigError(f"{r.source}: {r.where}arms: shares add up to {total / 100:.2f} %, "
+                          "more than 100 %")
+    return Experiments(key=key, salt=r.get("salt", str, default=""), arms=tuple(arms))
+
+
+def _url(u: Any, where: str, source: str) -> str:
+    if not isinstance(u, str):
+        raise ConfigError(f"{source}: {where}: expected an http(s) URL string, got {u!r}")
+    parts = urlsplit(u)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"{source}: {where}: expected a TF Serving REST base URL like "
+                          f"'http://host:8501', got {u!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"{source}: {where}: bad port in {u!r}") from None
+    return u.rstrip("/")
+
+
+def _path_part(value: str, where: str, source: str) -> None:
+    if not value or any(c in value for c in "/:?#% ") or value in (".", ".."):
+        raise ConfigError(f"{source}: {where}: {value!r} cannot be part of a TF Serving URL path "
+                          "(no '/', ':', '?', '#', '%' or spaces)")
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "a mapping",
+               bool: "true or false", float: "a number"}
+
+
+class _Reader:
+    """Typed access to one mapping of the config, with errors that name the field."""
+
+    def __init__(self, raw: Any, where: str, source: str) -> None:
+        if not isinstance(raw, dict):
+            what = where.rstrip(".") or "the top level"
+            raise ConfigError(f"{source}: {what}: expected a mapping, got {type(raw).__name__}")
+        self.raw, self.where, self.source = raw, where, source
+
+    def has(self, key: str) -> bool:
+        return key in self.raw
+
+    def only(self, *allowed: str) -> None:
+        for key in self.raw:
+            if key not in allowed:
+                near = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else f"; known fields: {list(allowed)}"
+                raise ConfigError(f"{self.source}: {self.where}{key}: unknown field{hint}")
+
+    def get(self, key: str, typ: type | tuple, *, required: bool = False, default: Any = None,
+            nullable: bool = False) -> Any:
+        if key not in self.raw:
+            if required:
+                raise ConfigError(f"{self.source}: {self.where}{key} is missing")
+            return default
+        val = self.raw[key]
+        if val is None and nullable:
+            return None
+        types = typ if isinstance(typ, tuple) else (typ,)
+        if isinstance(val, bool) and bool not in types or not isinstance(val, types):
+            expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+            raise ConfigError(f"{self.source}: {self.where}{key}: expected {expected}, got {val!r}")
+        return val
+
+    def sub(self, key: str) -> _Reader:
+        return _Reader(self.raw[key], f"{self.where}{key}.", self.source)
+
+    def integer(self, key: str, lo: int, hi: int, default: int | None = None) -> int | None:
+        val = self.get(key, int, default=default)
+        if val is not None and not lo <= val <= hi:
+            raise ConfigError(f"{self.source}: {self.where}{key}: expected an integer {lo}..{hi}, "
+                              f"got {val}")
+        return val
+
+    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
+        val = self.get(key, str, default=default)
+        if val not in choices:
+            raise ConfigError(f"{self.source}: {self.where}{key}: expected one of {list(choices)}, "
+                              f"got {val!r}")
+        return val
+
+    def name(self, key: str, required: bool = False) -> str | None:
+        val = self.get(key, str, required=required)
+        if val is None:
+            return None
+        try:
+            return check_name(val, f"{self.where}{key}")
+        except PackageError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from None

@@ -1,0 +1,276 @@
+"""The registry's swap/reject/rollback logic over a real repository, with a fake loader."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from scoring.errors import ModelNotFound, NotReady, ScoringError
+from scoring.serving.metrics import Metrics
+from scoring.model.manifest import PackageError
+from scoring.lifecycle.loader import LiveModel
+from scoring.lifecycle.registry import Registry
+from scoring.lifecycle.repo import ModelRepo
+
+
+class FakeScorer:
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def score(self, context, ads):
+        return np.full(len(ads), float(self.version.strip("v")), dtype=np.float32)
+
+
+class FakeLoader:
+    """Loads any version; versions in ``bad`` raise PackageError, in ``broken`` RuntimeError."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.bad: set[str] = set()
+        self.broken: set[str] = set()
+        self.during: dict[str, Callable[[], object]] = {}
+
+    def __call__(self, name: str, version: str, path: str) -> LiveModel:
+        self.calls.append(version)
+        if version in self.during:
+            self.during.pop(version)()
+        if version in self.bad:
+            raise PackageError(f"emb/x.npy: md5 mismatch in {version}")
+        if version in self.broken:
+            raise RuntimeError("out of something")
+        return LiveModel(name=name, version=version, scorer=FakeScorer(version), md5=version * 4,
+                         path=path)
+
+
+def install(repo: ModelRepo, version: str, name: str = "ctr") -> None:
+    staged = repo.staging_dir(name)
+    (staged / "manifest.json").write_text("{}")
+    repo.install(name, staged, version)
+
+
+@pytest.fixture
+def repo(tmp_path) -> ModelRepo:
+    r = ModelRepo(tmp_path / "repo")
+    install(r, "v1")
+    return r
+
+
+def make(repo: ModelRepo, loader: FakeLoader | None = None, **kw) -> tuple[Registry, FakeLoader]:
+    loader = loader or FakeLoader()
+    return Registry(repo, loader=loader, metrics=Metrics(), **kw), loader
+
+
+def serving_v2(repo: ModelRepo) -> tuple[Registry, FakeLoader]:
+    """A registry that served v1 and now serves v2."""
+    reg, loader = make(repo)
+    reg.sync_all()
+    install(repo, "v2")
+    assert reg.sync("ctr").live == "v2"
+    return reg, loader
+
+
+def test_first_sync_loads_and_records_the_live_version(repo):
+    reg, loader = make(repo)
+    assert reg.ready() == (False, ["the repository has not been read yet"])
+    reg.sync_all()
+    assert reg.get("ctr").version == "v1" and reg.ready() == (True, [])
+    assert repo.state("ctr").live == "v1"
+    reg.sync_all()
+    assert loader.calls == ["v1"]
+
+
+def test_a_request_keeps_the_handle_it_started_with(repo):
+    reg, _ = make(repo)
+    reg.sync_all()
+    held = reg.get("ctr")
+    install(repo, "v2")
+    result = reg.sync("ctr")
+    assert result.changed and result.live == "v2"
+    assert reg.get("ctr").version == "v2"
+    assert held.version == "v1" and held.scorer.score(None, [1, 2]).tolist() == [1.0, 1.0]
+
+
+def test_an_invalid_version_never_goes_live_and_is_not_retried(repo):
+    reg, loader = make(repo)
+    reg.sync_all()
+    install(repo, "v2")
+    loader.bad.add("v2")
+    result = reg.sync("ctr")
+    assert result.failed[0] == "v2" and "md5 mismatch" in result.failed[1]
+    assert reg.get("ctr").version == "v1"
+    for _ in range(3):
+        reg.sync_all()
+    assert loader.calls == ["v1", "v2"]
+    assert "md5 mismatch" in repo.state("ctr").rejected["v2"]
+    assert reg.metrics.loads.labels("ctr", "failed")._value.get() == 1
+    # another process following the repository does not try it either
+    other, other_loader = make(repo)
+    other.sync_all()
+    assert other_loader.calls == ["v1"]
+    # a newer good version still goes live
+    install(repo, "v3")
+    assert reg.sync("ctr").live == "v3"
+
+
+def test_a_failure_that_is_not_the_package_is_retried_only_on_reload(repo):
+    reg, loader = make(repo)
+    reg.sync_all()
+    install(repo, "v2")
+    loader.broken.add("v2")
+    reg.sync("ctr")
+    reg.sync("ctr")
+    assert loader.calls == ["v1", "v2"] and reg.get("ctr").version == "v1"
+    assert "v2" not in repo.state("ctr").rejected
+    loader.broken.clear()
+    assert reg.reload("ctr").live == "v2"
+
+
+def test_rollback_sticks_until_a_newer_version_arrives(repo):
+    reg, _ = serving_v2(repo)
+    result = reg.rollback("ctr")
+    assert result.live == "v1" and reg.get("ctr").version == "v1"
+    assert repo.state("ctr").live == "v1"
+    reg.sync_all()
+    assert reg.get("ctr").version == "v1"
+    with pytest.raises(ScoringError) as err:
+        reg.rollback("ctr")
+    assert err.value.status_code == 409
+    install(repo, "v3")
+    reg.sync_all()
+    assert reg.get("ctr").version == "v3"
+
+
+def test_workers_follow_one_state_file(repo):
+    a, a_loader = make(repo)
+    b, b_loader = make(repo)
+    a.sync_all()
+    b.sync_all()
+    install(repo, "v2")
+    a.sync_all()
+    b.sync_all()
+    assert a.get("ctr").version == b.get("ctr").version == "v2"
+    assert repo.state("ctr").history == ["v1"]
+    a.rollback("ctr")
+    b.sync_all()
+    assert b.get("ctr").version == "v1"
+    assert b_loader.calls == ["v1", "v2", "v1"]
+
+
+def test_a_version_installed_during_a_load_goes_live_next(repo):
+    reg, loader = make(repo)
+    reg.sync_all()
+    install(repo, "v2")
+    loader.during["v2"] = lambda: install(repo, "v3")
+    assert reg.sync("ctr").live == "v2"
+    assert reg.sync("ctr").live == "v3"
+
+
+def test_a_load_overtaken_by_a_rollback_is_not_served(repo):
+    reg, loader = serving_v2(repo)
+    install(repo, "v3")
+    other, _ = make(repo)
+    other.sync_all()  # another process made v3 live; this one follows it, and while it loads
+    # v3 an operator rolls back (to v2) through the other process: the newer decision wins
+    loader.during["v3"] = lambda: repo.rollback("ctr")
+    result = reg.sync("ctr")
+    assert result.live == "v2" and not result.changed
+    assert reg.get("ctr").version == "v2"
+
+
+def test_keep_prunes_old_versions_but_not_the_live_one(repo):
+    reg, _ = make(repo, keep=2)
+    reg.sync_all()
+    for v in ("v2", "v3", "v4"):
+        install(repo, v)
+        reg.sync("ctr")
+    assert repo.versions("ctr") == ["v3", "v4"]
+
+
+def test_default_model_and_lookups(repo):
+    install(repo, "w1", name="other")
+    reg, _ = make(repo)
+    with pytest.raises(NotReady):
+        reg.default()
+    reg.sync_all()
+    with pytest.raises(ModelNotFound) as err:
+        reg.default()
+    assert "CTR_DEFAULT_MODEL" in err.value.message
+    with pytest.raises(ModelNotFound):
+        reg.get("nope")
+    reg2, _ = make(repo, default_model="other")
+    reg2.sync_all()
+    assert reg2.default().name == "other"
+    reg3, _ = make(repo, models=["ctr"])
+    reg3.sync_all()
+    assert reg3.default().name == "ctr" and reg3.names() == ["ctr"]
+
+
+def test_configured_model_missing_keeps_it_unready(repo):
+    reg, loader = make(repo, models=["ctr", "later"])
+    reg.sync_all()
+    ok, missing = reg.ready()
+    assert not ok and "'later'" in missing[0]
+    with pytest.raises(NotReady):
+        reg.get("later")
+    install(repo, "l1", name="later")
+    reg.sync_all()
+    assert reg.ready() == (True, [])
+
+
+def test_models_of_another_kind_are_served_but_not_polled(repo):
+    reg, _ = make(repo)
+    reg.add(LiveModel(name="tf", version="7", scorer=FakeScorer("v7"), kind="tfserving"))
+    reg.sync_all()
+    assert reg.get("tf").kind == "tfserving" and reg.describe("tf")["kind"] == "tfserving"
+    with pytest.raises(ScoringError):
+        reg.reload("tf")
+
+
+def test_poller_thread_starts_and_stops(repo):
+    reg, _ = make(repo, poll_interval=0.01)
+    reg.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not reg.ready()[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reg.get("ctr").version == "v1"
+        install(repo, "v2")
+        while reg.get("ctr").version != "v2" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reg.get("ctr").version == "v2"
+    finally:
+        reg.stop()
+    assert reg._thread is None
+
+
+def test_an_old_version_is_released_once_no_request_holds_it(tmp_path, small_model_dir):
+    """With the real loader: the old engine (and its memory maps) goes away after a swap as
+    soon as the last request holding it lets go, even though the registry freezes the GC."""
+    import shutil
+    import weakref
+
+    repo = ModelRepo(tmp_path / "repo")
+    for version in ("v1", "v2"):
+        staged = repo.staging_dir("ctr")
+        shutil.copytree(small_model_dir, staged, dirs_exist_ok=True)
+        repo.install("ctr", staged, version)
+        if version == "v1":
+            reg = Registry(repo, metrics=Metrics())
+            reg.sync_all()
+            held = reg.get("ctr")
+            old = weakref.ref(held.scorer)
+    assert reg.sync("ctr").live == "v2"
+    assert old() is not None  # a request still holds v1
+    assert held.scorer.score({}, [{"features": {}, "dense": [0, 0, 0]}]).shape == (1,)
+    del held
+    assert old() is None
+
+
+def test_an_empty_model_list_serves_no_repository_model(repo):
+    """A models config with only TF Serving models must not start serving the whole repo."""
+    reg, loader = make(repo, models=[])
+    reg.sync_all()
+    assert loader.calls == [] and reg.names() == []
