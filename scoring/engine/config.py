@@ -1,9 +1,13 @@
 """Compiler flags for the kernels, in one place.
 
 ``fastmath`` lets LLVM reassociate float sums so the dot-product loops vectorise; the engine is
-tested against a float64 NumPy reference, so the reordering is checked, not assumed. ``cache``
-keeps compiled kernels on disk (``NUMBA_CACHE_DIR`` to move them) so a restart does not recompile.
+tested against a float64 NumPy reference, so the reordering is checked, not assumed. It is the
+set of LLVM fast-math flags *without* ``nnan`` and ``ninf``: a request's dense values reach the
+kernels, and with those two flags LLVM may assume no NaN or infinity ever appears, which makes
+an overflow undefined instead of a NaN the engine can see and refuse (``Engine.score_encoded``).
+``cache`` keeps compiled kernels on disk (``NUMBA_CACHE_DIR`` to move them) so a restart does
+not recompile.
 """
 
 CACHE = True
-FASTMATH = True
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}

@@ -26,6 +26,7 @@ from ..model.manifest import GroupSpec
 from .xxh64 import hash_joined
 
 MAX_ID = 2**64 - 1
+DENSE_LIMIT = 1e15  # |dense value|: far from float32 overflow through any sane layer
 
 
 def hash_string(value: str) -> int:
@@ -205,7 +206,7 @@ class FeatureLayout:
             for row in dense_rows:
                 for v in row:
                     t = type(v)
-                    if (t is not float and t is not int) or not -3.4e38 <= v <= 3.4e38:
+                    if (t is not float and t is not int) or not -DENSE_LIMIT <= v <= DENSE_LIMIT:
                         raise _BadValue
             dense_arr = np.array(dense_rows, dtype=np.float32).reshape(n_ads, dense_dim)
         else:
@@ -257,14 +258,15 @@ class FeatureLayout:
         if type(dense) is not list or len(dense) != dim:
             got = ("nothing (field missing)" if dense is None else
                    f"{len(dense)} values" if type(dense) is list else _describe(dense))
-            raise InvalidRequest(f"ads[{row}].dense: expected a list of {dim} finite numbers, got {got}")
+            raise InvalidRequest(f"ads[{row}].dense: expected a list of {dim} finite numbers, "
+                                 f"got {got}")
         for i, v in enumerate(dense):
             t = type(v)
             if t is not float and t is not int:
                 raise InvalidRequest(f"ads[{row}].dense[{i}]: expected a number, got {_describe(v)}")
-            if not -3.4e38 <= v <= 3.4e38:
-                raise InvalidRequest(f"ads[{row}].dense[{i}]: expected a finite float32 number, "
-                                     f"got {v!r}")
+            if not -DENSE_LIMIT <= v <= DENSE_LIMIT:
+                raise InvalidRequest(f"ads[{row}].dense[{i}]: expected a finite number with "
+                                     f"|value| <= {DENSE_LIMIT:g}, got {v!r}")
 
     def _unknown(self, name: str, side: str, where: str) -> str:
         if side == "context" and name in self.ad_slot:

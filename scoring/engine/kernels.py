@@ -101,8 +101,8 @@ def pool_embeddings(tables, buckets, is_mean, cols, dims, ids, keys, lens, n_slo
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
 def _act(v, act):
-    if act == ACT_RELU:
-        return v if v > 0.0 else np.float32(0.0)
+    if act == ACT_RELU:  # NaN passes through, as in simd's tiles
+        return np.float32(0.0) if v <= 0.0 else v
     if act == ACT_SIGMOID:
         return np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-v)))
     return v
@@ -231,12 +231,14 @@ def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, a
             dense_col, c, w_ad, act0, params, layers, n_ads, buf_a, buf_b, counts,
             small_batch, idx, vals, out):
     """Score ``n_ads`` ads in chunks of ``buf_a.shape[0]`` rows: pool the ad groups and copy the
-    dense features into ``buf_a``, run the layers, and write ad i's pCTR to ``out[i]``."""
+    dense features into ``buf_a``, run the layers, and write ad i's pCTR to ``out[i]``. Returns
+    the first ad whose pCTR is not a number in [0, 1] (an overflow inside the net), or -1."""
     chunk = buf_a.shape[0]
     n_slots = ad_buckets.shape[0]
     dense_dim = dense.shape[1]
     e = 0
     v = 0
+    bad = -1
     for row0 in range(0, n_ads, chunk):
         n = min(chunk, n_ads - row0)
         e, v = pool_embeddings(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys,
@@ -247,7 +249,11 @@ def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, a
         res = mlp_rows(buf_a, n, c[0], w_ad, act0, params, layers, buf_a, buf_b, small_batch,
                        idx, vals)
         for r in range(n):
-            out[row0 + r] = res[r, 0]
+            p = res[r, 0]
+            out[row0 + r] = p
+            if bad < 0 and not (p >= 0.0 and p <= 1.0):
+                bad = row0 + r
+    return bad
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)

@@ -19,9 +19,10 @@ import orjson
 from numba import types
 from numba.typed import List
 
+from ..errors import InvalidRequest
+from ..model.package import ModelPackage
 from . import jsonscan, kernels
 from .features import EncodedBatch, FeatureLayout
-from ..model.package import ModelPackage
 
 SMALL_BATCH = 1      # up to this many ads per chunk: pruned one-ad form; above: register tiles
 CHUNK = 96           # ads per pass through the layers: activations stay in L2; a multiple of 6
@@ -193,13 +194,17 @@ class Engine:
                                  batch.ctx_ids, batch.ctx_keys, batch.ctx_lens, self.w_ctx, self.b0,
                                  s.x_ctx, s.ctx_counts, s.c, s.idx, s.vals)
             ad = self._ad
-            kernels.forward(ad.tables, ad.buckets, ad.mean, ad.cols, ad.dims,
-                            batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense, self.dense_col, s.c,
-                            self.w_ad, self.act0, self.params, self.layers,
-                            batch.n_ads, s.buf_a, s.buf_b, s.counts, self.small_batch,
-                            s.idx, s.vals, out)
+            bad = kernels.forward(ad.tables, ad.buckets, ad.mean, ad.cols, ad.dims,
+                                  batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense,
+                                  self.dense_col, s.c, self.w_ad, self.act0, self.params,
+                                  self.layers, batch.n_ads, s.buf_a, s.buf_b, s.counts,
+                                  self.small_batch, s.idx, s.vals, out)
         finally:
             self._pool.put(s)
+        if bad >= 0:
+            raise InvalidRequest(f"ads[{bad}]: the model's output is not a number for this ad "
+                                 "(an overflow inside the net; are its dense values far outside "
+                                 "what the model was trained on?)")
         return out
 
     def score_json(self, body: bytes, max_ads: int, max_values: int) -> tuple[np.ndarray, Any] | None:

@@ -67,8 +67,9 @@ class _Emitter:
         self.b.store(value, self.b.bitcast(self.b.gep(ptr, [_I64(v * LANES)]), self.vptr), align=4)
 
     def finish(self, acc, bias_vec, relu):
+        """``acc + bias``, through ReLU when ``relu``; a NaN stays NaN (the engine refuses it)."""
         r = self.b.fadd(acc, bias_vec)
-        clipped = self.b.select(self.b.fcmp_ordered(">", r, self.zero), r, self.zero)
+        clipped = self.b.select(self.b.fcmp_ordered("<=", r, self.zero), self.zero, r)
         return self.b.select(relu, clipped, r)
 
     def column_blocks(self, n_out, widths, emit):

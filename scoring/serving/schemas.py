@@ -9,15 +9,18 @@ mapping's key, so for those a slow second pass over the plain JSON finds it.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Annotated, Any, Union
 
 import msgspec
 import orjson
 
+from ..engine.features import DENSE_LIMIT
 from ..errors import InvalidRequest, MalformedRequest, PayloadTooLarge
 
 ScalarValue = Union[str, int]
+REQUEST_ID_RANGE = (-(2**63), 2**64 - 1)  # integers a JSON encoder writes back (int64 or uint64)
 
 _VALUE_DOC = ("A feature value: a string (hashed with xxh64, seed 0) or an integer id the client "
               "already hashed (0 <= id < 2**64), or a list of them (pooled by sum or mean).")
@@ -38,7 +41,8 @@ def request_types(max_values: int) -> tuple[type, type]:
             description="The ad's groups (side 'ad' in the manifest). Absent groups are zero vectors.",
             examples=[{"ad_id": "a1", "category": ["hotpot", "bbq"]}])], None),
         ("dense", Annotated[Union[list[float], None], msgspec.Meta(
-            description="Exactly dense_dim finite numbers when the model has dense features.")], None),
+            description=f"Exactly dense_dim finite numbers, each |value| <= {DENSE_LIMIT:g}, when "
+                        "the model has dense features.")], None),
     ], kw_only=True, omit_defaults=True)
     request = msgspec.defstruct("ScoreRequest", [
         ("ads", Annotated[list[ad], msgspec.Meta(
@@ -76,23 +80,33 @@ class ScoreDecoder:
         self._decode = msgspec.json.Decoder(self.request_type).decode
 
     def decode(self, body: bytes) -> Any:
+        """The request Struct; a :class:`~scoring.errors.ScoringError` naming the field for
+        anything else (400 not JSON or not UTF-8, 422 wrong shape or number, 413 too many
+        values). Nothing a body can hold makes this raise another exception."""
         try:
-            return self._decode(body)
+            request = self._decode(body)
         except msgspec.ValidationError as exc:
             raise self._explain(body, str(exc)) from None
         except msgspec.DecodeError as exc:
             if not body.strip():
                 raise MalformedRequest("body: empty; expected a JSON object with 'ads'") from None
             raise MalformedRequest(f"body: not valid JSON ({exc})") from None
+        except (ValueError, RecursionError, OverflowError, MemoryError) as exc:  # belt and braces
+            raise MalformedRequest(f"body: cannot be decoded ({type(exc).__name__})") from None
+        rid = request.request_id
+        if type(rid) is int and not REQUEST_ID_RANGE[0] <= rid <= REQUEST_ID_RANGE[1]:
+            raise InvalidRequest(f"request_id: number out of range; expected {_expected('request_id')}")
+        return request
 
     def _explain(self, body: bytes, message: str) -> Exception:
         what, _, where = message.partition(" - at `")
         where = where.rstrip("`")
+        path = where[2:] if where.startswith("$.") else ("body" if where in ("", "$") else where)
         if "[...]" in where:  # msgspec cannot name a mapping key: find it in the plain JSON
-            found = locate_bad_value(orjson.loads(body), self.max_values)
+            found = locate_bad_value(body, self.max_values)
             if found is not None:
                 return found
-        path = where[2:] if where.startswith("$.") else ("body" if where in ("", "$") else where)
+            path = path.replace("[...]", ".<group>")
         if what.startswith("Object missing required field"):
             field = what.split("`")[1]
             path = field if path == "body" else f"{path}.{field}"
@@ -100,15 +114,30 @@ class ScoreDecoder:
         if "of length <=" in what:
             return PayloadTooLarge(f"{path}: more than {self.max_values} values in one group "
                                    f"(CTR_MAX_VALUES_PER_GROUP)")
-        if what == "Number out of range":
-            return InvalidRequest(f"{path}: number out of range; expected a finite float32 number")
+        if what in ("Number out of range", "Integer value out of range"):
+            return InvalidRequest(f"{path}: number out of range; expected {_expected(path)}")
         what = what.replace("`", "'")
         return InvalidRequest(f"{path}: {what[0].lower()}{what[1:]}")
 
 
-def locate_bad_value(doc: Any, max_values: int) -> Exception | None:
-    """The first feature value of a plain JSON body that is not a string, an integer or a list of
-    them (or lists too many values), as an error naming it; None if there is none."""
+def _expected(path: str) -> str:
+    """What a number at ``path`` should have been."""
+    if path.rstrip("]").endswith("dense[") or ".dense[" in path:
+        return f"a finite number with |value| <= {DENSE_LIMIT:g}"
+    if path == "request_id":
+        return "a string, or an integer from -2**63 to 2**64 - 1"
+    return "a string or an integer id (0 <= id < 2**64)"
+
+
+def locate_bad_value(body: bytes, max_values: int) -> Exception | None:
+    """The first feature value of a JSON body that is not a string, an integer id or a list of
+    them (or lists too many values), as an error naming it; None if there is none or the body
+    cannot be read back. A second, tolerant parse: 1e400 is a float, an integer of any length is
+    read, and nothing but ``None`` comes out of a body the stdlib cannot parse."""
+    try:
+        doc = json.loads(body, parse_int=_tolerant_int, parse_constant=float)
+    except (ValueError, RecursionError, MemoryError):
+        return None
     if not isinstance(doc, dict):
         return None
     places = [("context", doc.get("context"))]
@@ -126,17 +155,27 @@ def locate_bad_value(doc: Any, max_values: int) -> Exception | None:
                     return PayloadTooLarge(f"{field}: {len(value)} values, more than {max_values} "
                                            f"in one group (CTR_MAX_VALUES_PER_GROUP)")
                 for j, v in enumerate(value):
-                    if not _scalar(v):
-                        return InvalidRequest(f"{field}[{j}]: expected a string or an integer id, "
-                                              f"got {_kind(v)}")
-            elif not _scalar(value):
-                return InvalidRequest(f"{field}: expected a string, an integer id or a list of "
-                                      f"them, got {_kind(value)}")
+                    if not _is_id(v):
+                        return InvalidRequest(f"{field}[{j}]: expected a string or an integer id "
+                                              f"(0 <= id < 2**64), got {_kind(v)}")
+            elif not _is_id(value):
+                return InvalidRequest(f"{field}: expected a string, an integer id (0 <= id < 2**64) "
+                                      f"or a list of them, got {_kind(value)}")
     return None
 
 
-def _scalar(v: Any) -> bool:
-    return isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))
+class _HugeInt(int):
+    """An integer literal too long for ``int()`` (over 4,300 digits)."""
+
+
+def _tolerant_int(text: str) -> int:
+    return int(text) if len(text) <= 4000 else _HugeInt(-1 if text.startswith("-") else 1)
+
+
+def _is_id(v: Any) -> bool:
+    if isinstance(v, str):
+        return True
+    return type(v) is int and 0 <= v < 2**64
 
 
 def _kind(v: Any) -> str:
@@ -144,6 +183,10 @@ def _kind(v: Any) -> str:
         return "null"
     if isinstance(v, bool):
         return f"a boolean ({str(v).lower()})"
+    if isinstance(v, _HugeInt):
+        return "an integer of more than 4,000 digits"
+    if isinstance(v, int):
+        return f"an integer out of range ({v if abs(v) < 10**30 else 'more than 30 digits'})"
     return {dict: "an object", list: "a list", float: f"a float ({v!r})"}.get(type(v), type(v).__name__)
 
 

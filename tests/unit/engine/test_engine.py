@@ -11,7 +11,8 @@ from scoring.engine import Engine
 from scoring.errors import InvalidRequest
 from scoring.model.package import load_package
 from scoring.model.writer import write_package
-from scoring.model.reference import mlp_forward, reference_scores
+from scoring.model.export import Group, export_numpy
+from scoring.model.reference import mlp_forward, mlp_input, reference_scores
 
 from ...models import make_model, random_request
 
@@ -155,6 +156,8 @@ def test_concurrent_scoring_is_thread_safe(small_engine, small_package):
     ({"city": "\ud800"}, [], "context.city: string is not valid UTF-8"),
     ({}, [{"features": {}, "dense": [0, "x", 0]}], "ads[0].dense[1]: expected a number"),
     ({}, [{"features": {}, "dense": [0, float("nan"), 0]}], "ads[0].dense[1]: expected a finite"),
+    ({}, [{"features": {}, "dense": [0, 0, 3.4e38]}], "ads[0].dense[2]: expected a finite number with |value| <= 1e+15"),
+    ({}, [{"features": {}, "dense": [0, -1.0000001e15, 0]}], "ads[0].dense[1]: expected a finite number with |value| <= 1e+15"),
     ({}, [{"features": {}, "dense": [0, 0]}], "ads[0].dense: expected a list of 3 finite numbers, got 2 values"),
     ({}, [{"features": {}}], "ads[0].dense: expected a list of 3 finite numbers, got nothing"),
     ({}, [{"features": {}, "dense": [0, 0, 0]}, {"features": [1]}], "ads[1].features: expected an object"),
@@ -196,3 +199,39 @@ def test_models_with_an_empty_side(tmp_path, ctx, ad, dense_dim):
         got = engine.score_json(orjson.dumps({"context": c, "ads": ads}), 100, 10)
         assert got is not None
         np.testing.assert_array_equal(got[0], engine.score(c, ads))
+
+
+def _float32_forward(pkg, ctx, ads) -> np.ndarray:
+    """The MLP in float32 NumPy, NaN-preserving ReLU: what float32 arithmetic makes of the net."""
+    h = np.stack([mlp_input(pkg, ctx, ad) for ad in ads]).astype(np.float32)
+    for layer, w, b in zip(pkg.manifest.layers, pkg.weights, pkg.biases):
+        h = h @ np.asarray(w, np.float32) + np.asarray(b, np.float32)
+        h = np.where(h <= 0, np.float32(0), h) if layer.activation == "relu" else 1 / (1 + np.exp(-h))
+    return h[:, 0]
+
+
+@pytest.mark.parametrize("small_batch", [0, 1000])
+def test_an_overflow_inside_the_net_is_refused_not_scored(tmp_path, small_batch):
+    """Dense rows of layer 1 near 1e25 and dense values at the 1e15 bound overflow float32 in
+    layer 1 (+-inf), and the next layer adds infinities of both signs (NaN). The engine must not
+    answer a number for that ad: it names the first such ad (422); other ads score as before."""
+    base = load_package(make_model(tmp_path / "base", dense_dim=3, seed=4, hidden=(16, 16)))
+    weights = [np.array(w) for w in base.weights]
+    weights[0][-3:, :] *= np.float32(1e25)  # the dense rows are the last ones of the input
+    groups = [Group(g.name, g.side, np.array(tab), g.pooling)
+              for g, tab in zip(base.manifest.groups, base.tables)]
+    pkg = load_package(export_numpy(tmp_path / "huge", name="ctr", version="v1", groups=groups,
+                                    weights=weights, biases=[np.array(b) for b in base.biases],
+                                    dense_dim=3))
+    engine = Engine(pkg, small_batch=small_batch, chunk=12)
+    fine = {"features": {"ad_id": "a", "category": ["x", "y"]}, "dense": [0, 0, 0]}
+    wild = {"features": {"ad_id": "b"}, "dense": [1e15, -1e15, 1e15]}
+    ctx = {"user_id": "u1"}
+    with np.errstate(over="ignore", invalid="ignore"):
+        f32 = _float32_forward(pkg, ctx, [fine, wild])
+    assert np.isfinite(f32[0]) and np.isnan(f32[1])  # the oracle: float32 makes a NaN of it
+    for ads, bad in (([fine] * 7 + [wild], 7), ([wild, fine], 0)):
+        with pytest.raises(InvalidRequest, match=rf"ads\[{bad}\]: the model's output is not a number"):
+            engine.score(ctx, ads)
+    np.testing.assert_allclose(engine.score(ctx, [fine] * 3),
+                               reference_scores(pkg, ctx, [fine] * 3), atol=TOL, rtol=0)
