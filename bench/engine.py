@@ -35,8 +35,8 @@ from typing import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
-from scoring.model.demo import write_demo  # noqa: E402
 from scoring.engine import Engine  # noqa: E402
+from scoring.model.demo import write_demo  # noqa: E402
 from scoring.model.package import load_package  # noqa: E402
 
 from .onnx_mlp import onnx_session  # noqa: E402

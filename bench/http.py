@@ -29,11 +29,11 @@ from types import SimpleNamespace  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scoring.model.demo import write_demo  # noqa: E402
 from scoring.engine.features import FeatureLayout  # noqa: E402
+from scoring.lifecycle.repo import ModelRepo  # noqa: E402
+from scoring.model.demo import write_demo  # noqa: E402
 from scoring.model.package import load_package  # noqa: E402
 from scoring.model.reference import reference_scores  # noqa: E402
-from scoring.lifecycle.repo import ModelRepo  # noqa: E402
 
 from .engine import RESULTS, request  # noqa: E402
 from .loadgen import calibrate, http_request, open_loop, pin, wrk  # noqa: E402

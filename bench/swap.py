@@ -30,9 +30,9 @@ from pathlib import Path  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from scoring.lifecycle.repo import ModelRepo  # noqa: E402
 from scoring.model.demo import write_demo  # noqa: E402
 from scoring.model.package import load_package  # noqa: E402
-from scoring.lifecycle.repo import ModelRepo  # noqa: E402
 
 from .engine import RESULTS  # noqa: E402
 from .http import HOST, free_port, make_bodies, run_and_report, start, stop  # noqa: E402

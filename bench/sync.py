@@ -38,9 +38,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from scoring.lifecycle.repo import ModelRepo
 from scoring.model.demo import AD_GROUPS, CONTEXT_GROUPS, write_demo
 from scoring.model.manifest import CHECKSUMS
-from scoring.lifecycle.repo import ModelRepo
 
 from .http import free_port
 

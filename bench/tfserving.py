@@ -37,10 +37,10 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from scoring.model.demo import write_demo  # noqa: E402
 from scoring.engine import Engine  # noqa: E402
-from scoring.upstream.config import parse_models_config  # noqa: E402
+from scoring.model.demo import write_demo  # noqa: E402
 from scoring.model.package import load_package  # noqa: E402
+from scoring.upstream.config import parse_models_config  # noqa: E402
 from scoring.upstream.payload import predict_body  # noqa: E402
 from scoring.upstream.scorer import TFServingScorer  # noqa: E402
 

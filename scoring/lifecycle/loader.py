@@ -46,7 +46,8 @@ class LiveModel:
 
 
 def load_native(name: str, version: str, path: str) -> LiveModel:
-    """Validate, map, lay out and warm one package version (seconds; not on the request path)."""
+    """Validate, map, lay out and warm one package version (seconds; not on the request path).
+    ``path`` is where the package is; the model shows ``<name>/<version>``, never a host path."""
     from ..engine import Engine
     from ..model.package import load_package
 
@@ -57,7 +58,7 @@ def load_native(name: str, version: str, path: str) -> LiveModel:
                            f"repository's model directory {name!r}")
     engine = Engine(package, warm=True)
     return LiveModel(name=name, version=version, scorer=engine, kind=NATIVE, md5=package.md5,
-                     path=str(path), nbytes=package.nbytes, load_seconds=time.perf_counter() - t0,
+                     path=f"{name}/{version}", nbytes=package.nbytes, load_seconds=time.perf_counter() - t0,
                      warm_seconds=engine.warm_seconds)
 
 

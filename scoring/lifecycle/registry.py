@@ -1,13 +1,19 @@
 """Live models: follow the repository, load -> validate -> warm -> swap one reference; rollback.
 
-Each served model is one :class:`LiveModel` in a dict. A request looks its model up once and keeps
-that handle to the end, so it is scored by exactly one version and the response names it; the old
-version's arrays are released when the last request holding it finishes (reference counting).
+Each served model is one :class:`~scoring.lifecycle.loader.LiveModel` in a dict. A request looks
+its model up once and keeps that handle to the end, so it is scored by exactly one version and the
+response names it.
 
-A new version goes live only after :func:`scoring.model.package.load_package` validated it (checksums,
-shapes, NaN/Inf), the engine laid it out, compiled and warmed its kernels and touched every page of
-its tables. A version that fails is logged, counted, recorded as rejected in the repository (so no
-process retries it in a loop) and the current version keeps serving.
+All model work happens on one thread, the registry's worker, at idle CPU priority
+(:mod:`scoring.lifecycle.priority`): the poll every ``poll_interval`` seconds, ``reload`` and
+``rollback`` from the admin endpoints (which only wait for it), and the syncer's "a version was
+installed" nudge. A new version goes live only after the loader validated it (checksums, shapes,
+NaN/Inf), the engine laid it out, compiled and warmed its kernels and touched every page of its
+tables. A version that fails is logged, counted, recorded as rejected in the repository with the
+fingerprint of its files (so no process retries it while they stay as they are, and a copy that
+was caught half-way is tried again once it is complete and has stopped changing), and the current
+version keeps serving. The version a swap replaces is released on the worker too, once no request
+holds it: unmapping hundreds of MB never lands on a request.
 
 Several worker processes each run a registry over the same repository and follow its
 ``.state.json``: the first to load a new version records it live; rollbacks recorded by one are
@@ -19,38 +25,51 @@ repository poller leaves them alone.
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import logging
-import os
+import queue
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence, TypeVar
 
 from ..errors import ModelNotFound, NotReady, ScoringError
+from ..model.checksums import ChecksumError
+from ..model.demo import DEMO_NAME
 from ..model.manifest import PackageError
 from .loader import NATIVE, LiveModel, Loader, load_native
-from .repo import ModelRepo
+from .priority import lower_thread_priority
+from .repo import ModelRepo, RollbackConflict
 
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL = 0.001  # seconds; see Registry.start
+RETIRED_MAX_AGE = 60.0   # seconds a replaced version may be held by others before we let go
+T = TypeVar("T")
 
 
 @dataclass
 class SyncResult:
-    """What one look at the repository did for one model."""
+    """What one look at the repository did for one model; ``reason`` says why nothing changed."""
 
     name: str
     live: str | None
     changed: bool = False
     failed: tuple[str, str] | None = None  # (version, reason)
+    reason: str | None = None
+    rolled_back_from: str | None = None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "version": self.live, "changed": self.changed}
         if self.failed:
             out["failed"] = {"version": self.failed[0], "reason": self.failed[1]}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.rolled_back_from is not None:
+            out["from"] = self.rolled_back_from
         return out
 
 
@@ -72,10 +91,14 @@ class Registry:
         self._expected: list[str] | None = self._configured
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._failed: dict[str, tuple[str, str]] = {}   # model -> last (version, reason)
+        self._failed: dict[str, tuple[str, str]] = {}      # not the package's fault: retried on reload
+        self._last_failure: dict[str, tuple[str, str]] = {}  # model -> (version, reason), any kind
+        self._settling: dict[tuple[str, str], str] = {}    # (model, version) -> files last seen
+        self._retired: list[tuple[float, LiveModel]] = []  # replaced versions, released here
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._started_at = time.time()
+        self.priority = "unchanged"
 
     # -- the request path --------------------------------------------------------------------
 
@@ -87,24 +110,28 @@ class Registry:
         return model
 
     def default(self) -> LiveModel:
-        """The model ``POST /v1/score`` uses."""
+        """The model ``POST /v1/score`` uses: the configured default, else the only model served.
+        The built-in demo never wins over a real model: it is the default only when it is alone."""
         name = self._default_name
         if name is None:
             live = self._live
             if len(live) == 1:
                 return next(iter(live.values()))
-            expected = self._expected or []
-            name = expected[0] if len(expected) == 1 else ("demo" if "demo" in live else None)
-            if name is None:
-                if not live:
-                    raise NotReady("not ready: no model is loaded yet")
+            real = sorted((set(self._expected or ()) | set(live)) - {DEMO_NAME})
+            if len(real) == 1:
+                name = real[0]
+            elif not real and DEMO_NAME in live:
+                name = DEMO_NAME
+            elif not live:
+                raise NotReady("not ready: no model is loaded yet")
+            else:
                 raise ModelNotFound(f"several models are served ({sorted(live)}); name one in the "
                                     "path (/v1/models/{name}/score) or set CTR_DEFAULT_MODEL")
         return self.get(name)
 
     def _missing(self, name: str) -> ScoringError:
         if name in (self._expected or ()) or (self._expected is None and self._in_repo(name)):
-            failure = self._failed.get(name)
+            failure = self._last_failure.get(name)
             why = f" (last failure: version {failure[0]}: {failure[1]})" if failure else ""
             return NotReady(f"model {name!r} is not loaded yet{why}")
         return ModelNotFound(f"model {name!r} is not served here; GET /v1/models lists the models")
@@ -121,6 +148,44 @@ class Registry:
         """Serve a model that does not come from the repository (e.g. TF Serving-backed)."""
         self._static.add(model.name)
         self._set_live(model)
+
+    # -- operations: on the worker thread ------------------------------------------------------
+
+    def reload(self, name: str) -> SyncResult:
+        """Look at the repository for ``name`` now (the admin reload endpoint): versions rejected
+        before are tried again. Runs on the worker thread; the caller waits."""
+        if name in self._static:
+            raise ScoringError(f"model {name!r} is not served from the repository; nothing to reload", 409)
+        if not self._in_repo(name) and name not in self._live:
+            raise ModelNotFound(f"model {name!r} is not in the model repository")
+        return self._on_worker(lambda: self._reload(name))
+
+    def rollback(self, name: str, to: str | None = None, expected: str | None = None) -> SyncResult:
+        """Serve an earlier version again (``to``, default the previous live one) and record that
+        in the repository, as a compare-and-set against ``expected`` (default: the version this
+        process serves now), so a retried call or the same call on another worker does not step
+        back twice. Runs on the worker thread; the caller waits."""
+        if name in self._static:
+            raise ScoringError(f"model {name!r} is not served from the repository; nothing to roll back", 409)
+        if not self._in_repo(name):
+            raise ModelNotFound(f"model {name!r} is not in the model repository")
+        current = self._live.get(name)
+        expected = expected if expected is not None else (current.version if current else None)
+        return self._on_worker(lambda: self._rollback(name, to, expected))
+
+    def poke(self, name: str) -> None:
+        """Look at ``name`` soon, on the worker (the syncer installed a version); returns at once."""
+        if self._thread is None:
+            self.sync(name)
+        else:
+            self._jobs.put((lambda: self.sync(name), None))
+
+    def _on_worker(self, fn: Callable[[], T]) -> T:
+        if self._thread is None or threading.current_thread() is self._thread:
+            return fn()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        return future.result()
 
     # -- following the repository -------------------------------------------------------------
 
@@ -149,58 +214,158 @@ class Registry:
             decided_at = time.time()
             wanted = self.repo.wanted(name)
             current = self._live.get(name)
-            if wanted is None or (current is not None and current.version == wanted):
-                return SyncResult(name, current.version if current else None)
-            if self._failed.get(name, ("",))[0] == wanted:
-                return SyncResult(name, current.version if current else None, failed=self._failed[name])
-            return self._load_and_swap(name, wanted, decided_at, current)
+            live = current.version if current else None
+            if wanted is None or wanted == live:
+                return SyncResult(name, live, reason=self.explain(name, live))
+            failure = self._failed.get(name)
+            if failure is not None and failure[0] == wanted:
+                return SyncResult(name, live, failed=failure,
+                                  reason=f"version {wanted!r} failed to load in this process: "
+                                         f"{failure[1]} (POST .../reload tries it again)")
+            fingerprint = self.repo.fingerprint(name, wanted)
+            if self.repo.rejection(name, wanted) is not None:  # rejected, and its files changed since
+                if self._settling.get((name, wanted)) != fingerprint:
+                    self._settling[(name, wanted)] = fingerprint
+                    return SyncResult(name, live, reason=f"the files of version {wanted!r} changed "
+                                      "since it was rejected; it is tried again once they stop changing")
+            self._settling.pop((name, wanted), None)
+            return self._load_and_swap(name, wanted, decided_at, current, fingerprint)
 
-    def _load_and_swap(self, name: str, version: str, decided_at: float,
-                       current: LiveModel | None, *, rollback: bool = False) -> SyncResult:
+    def _reload(self, name: str) -> SyncResult:
+        if self._expected is not None and name not in self._expected:
+            self._expected.append(name)
+        self._failed.pop(name, None)
+        for key in [k for k in self._settling if k[0] == name]:
+            del self._settling[key]
+        cleared = self.repo.clear_rejections(name)
+        if cleared:
+            log.info("model %r: reload: trying rejected version(s) %s again", name, cleared)
+        return self.sync(name)
+
+    def _rollback(self, name: str, to: str | None, expected: str | None) -> SyncResult:
+        with self._lock(name):
+            current = self._live.get(name)
+            state = self.repo.observe(name)
+            target = to
+            loaded: LiveModel | None = None
+            if expected is None or state.live == expected:  # a fresh rollback: load before recording
+                target = to if to is not None else self.repo.previous(name, state)
+                if target is None:
+                    raise ScoringError(f"model {name!r}: no previous version is kept in the "
+                                       "repository to roll back to", 409)
+                if target not in self.repo.versions(name, state):
+                    raise ScoringError(f"model {name!r}: version {target!r} is not in the "
+                                       f"repository; versions: {self.repo.versions(name, state)}", 409)
+                if current is None or current.version != target:
+                    loaded, failure = self._load(name, target, self.repo.fingerprint(name, target),
+                                                 reject=False)
+                    if loaded is None:
+                        raise ScoringError(f"model {name!r}: rollback to {target!r} failed to load: "
+                                           f"{failure}; still serving "
+                                           f"{current.version if current else None!r}", 409)
+            # record it as one compare-and-set; a retry (or another worker's copy of this call)
+            # finds it done and changes nothing
+            try:
+                done = self.repo.rollback(name, expected, target)
+            except RollbackConflict as exc:
+                raise ScoringError(f"{exc}; GET /v1/models/{name} shows the live version, and "
+                                   "POST .../rollback?to=<version> names the target", 409) from None
+            except LookupError as exc:
+                raise ScoringError(str(exc), 409) from None
+            if loaded is None or loaded.version != done.to_version:
+                if current is None or current.version != done.to_version:
+                    loaded, failure = self._load(name, done.to_version,
+                                                 self.repo.fingerprint(name, done.to_version),
+                                                 reject=False)
+                    if loaded is None:
+                        raise ScoringError(f"model {name!r}: rolled back to {done.to_version!r} in "
+                                           f"the repository but it failed to load here: {failure}", 409)
+            if loaded is not None and loaded.version == done.to_version:
+                self._swap_in(loaded, current)
+            reason = None if done.changed else (
+                f"already rolled back from {done.from_version!r} to {done.to_version!r}"
+                if done.from_version else f"version {done.to_version!r} is already live")
+            changed = current is None or current.version != done.to_version
+            return SyncResult(name, done.to_version, changed=changed, reason=reason,
+                              rolled_back_from=done.from_version)
+
+    def _load(self, name: str, version: str, fingerprint: str, *,
+              reject: bool) -> tuple[LiveModel | None, str]:
+        """Load a version (seconds: validate, lay out, warm). On failure, log, count and (with
+        ``reject``, for a package error) record the rejection; returns (None, reason)."""
         log.info("model %r: loading version %r", name, version)
         t0 = time.perf_counter()
+        gc.freeze()  # a collection the load's allocations trigger walks only what the load made
         try:
             model = self.loader(name, version, str(self.repo.path(name, version)))
         except Exception as exc:  # any failure: the version is bad here; keep serving
             reason = str(exc) if isinstance(exc, (PackageError, OSError)) else f"{type(exc).__name__}: {exc}"
+            current = self._live.get(name)
             log.error("model %r: version %r failed to load, keeping %r: %s", name, version,
                       current.version if current else None, reason,
                       exc_info=not isinstance(exc, (PackageError, OSError)))
-            self._failed[name] = (version, reason)
             if self.metrics:
                 self.metrics.model_loaded(name, time.perf_counter() - t0, ok=False)
-            if isinstance(exc, PackageError) and not rollback:
-                # the files are bad for every process: record it so none retries it. Anything
-                # else (a bug, memory) is remembered here only, so a restart or reload retries.
-                try:
-                    self.repo.reject(name, version, reason)
-                except OSError as err:
-                    log.error("model %r: cannot record version %r as rejected: %s", name, version, err)
-            return SyncResult(name, current.version if current else None, failed=(version, reason))
-        seconds = time.perf_counter() - t0
+            self._last_failure[name] = (version, reason)
+            if isinstance(exc, PackageError) and reject:
+                # the files are bad for every process: record it so none retries them while they
+                # stay as they were. Anything else (a bug, memory) is remembered here only, so a
+                # restart or a reload retries.
+                self.repo.reject(name, version, reason, fingerprint,
+                                 content=not isinstance(exc, ChecksumError))
+            else:
+                self._failed[name] = (version, reason)
+            return None, reason
         if self.metrics:
-            self.metrics.model_loaded(name, seconds, ok=True)
-        if not rollback:
-            live = self.repo.promote(name, version, decided_at)
-            if live != version:  # a newer decision (e.g. a rollback) won; follow it next poll
-                log.info("model %r: %r loaded but %r was decided meanwhile", name, version, live)
-                return SyncResult(name, current.version if current else None)
-        self._set_live(model)
-        self._failed.pop(name, None)
-        # Move every object alive now (the app, libraries, the new engine) out of the cyclic
-        # GC's reach: a full collection of them takes ~70 ms, which would stall a request every
-        # few hundred. Reference counting still frees them (the old version, when released).
-        gc.freeze()
-        log.info("model %r: version %r is live (was %r; load %.2fs, warm %.2fs, %d MB)", name,
-                 version, current.version if current else None, seconds, model.warm_seconds,
-                 model.nbytes >> 20)
+            self.metrics.model_loaded(name, time.perf_counter() - t0, ok=True)
+        return model, ""
+
+    def _load_and_swap(self, name: str, version: str, decided_at: float,
+                       current: LiveModel | None, fingerprint: str) -> SyncResult:
+        live_before = current.version if current else None
+        model, failure = self._load(name, version, fingerprint, reject=True)
+        if model is None:
+            return SyncResult(name, live_before, failed=(version, failure))
+        live = self.repo.promote(name, version, decided_at)
+        if live != version:  # a newer decision (e.g. a rollback) won; follow it next poll
+            log.info("model %r: %r loaded but %r was decided meanwhile", name, version, live)
+            return SyncResult(name, live_before, reason=f"{live!r} was decided while {version!r} loaded")
+        self._swap_in(model, current)
         self._prune(name)
         return SyncResult(name, version, changed=True)
 
+    def _swap_in(self, model: LiveModel, current: LiveModel | None) -> None:
+        self._set_live(model)
+        self._failed.pop(model.name, None)
+        self._last_failure.pop(model.name, None)
+        # Move every object alive now (the app, libraries, the new engine) out of the cyclic
+        # GC's reach: a full collection of them takes ~70-90 ms, which would stall a request
+        # every few hundred. Reference counting still frees them (the old version, when released).
+        gc.freeze()
+        log.info("model %r: version %r is live (was %r; load %.2fs, warm %.2fs, %d MB)",
+                 model.name, model.version, current.version if current else None,
+                 model.load_seconds, model.warm_seconds, model.nbytes >> 20)
+
     def _set_live(self, model: LiveModel) -> None:
+        old = self._live.get(model.name)
         self._live[model.name] = model  # one reference swap; requests keep what they looked up
+        if old is not None and old is not model:
+            self._retired.append((time.monotonic(), old))
         if self.metrics:
             self.metrics.model_live(model.name, model.version, model.md5, model.kind, model.loaded_at)
+
+    def release_retired(self) -> int:
+        """Drop the replaced versions no request holds any more (or held too long), here on the
+        worker, so their memory is unmapped off the request path. Returns how many."""
+        keep, dropped, now = [], 0, time.monotonic()
+        for entry in self._retired:
+            # references when no request holds it: the tuple, and getrefcount's argument
+            if sys.getrefcount(entry[1]) > 2 and now - entry[0] < RETIRED_MAX_AGE:
+                keep.append(entry)
+            else:
+                dropped += 1
+        self._retired = keep
+        return dropped
 
     def _prune(self, name: str) -> None:
         try:
@@ -211,41 +376,28 @@ class Registry:
         if doomed:
             log.info("model %r: removed old versions %s (keeping %d)", name, doomed, self.keep)
 
-    def reload(self, name: str) -> SyncResult:
-        """Look at the repository for ``name`` now (the admin reload endpoint)."""
-        if name in self._static:
-            raise ScoringError(f"model {name!r} is not served from the repository; nothing to reload", 409)
-        if not self._in_repo(name) and name not in self._live:
-            raise ModelNotFound(f"model {name!r} is not in the repository {self.repo.root}")
-        if self._expected is not None and name not in self._expected:
-            self._expected.append(name)
-        self._failed.pop(name, None)  # an operator asked: try a version that failed here again
-        return self.sync(name)
-
-    def rollback(self, name: str) -> SyncResult:
-        """Serve the previous good version again and record that in the repository."""
-        if name in self._static:
-            raise ScoringError(f"model {name!r} is not served from the repository; nothing to roll back", 409)
-        if not self._in_repo(name):
-            raise ModelNotFound(f"model {name!r} is not in the repository {self.repo.root}")
-        with self._lock(name):
-            target = self.repo.previous(name)
-            if target is None:
-                raise ScoringError(f"model {name!r}: no previous version is kept in the repository "
-                                   "to roll back to", 409)
-            current = self._live.get(name)
-            result = self._load_and_swap(name, target, time.time(), current, rollback=True)
-            if result.failed:
-                raise ScoringError(f"model {name!r}: rollback to {target!r} failed to load: "
-                                   f"{result.failed[1]}; still serving "
-                                   f"{current.version if current else None!r}", 409)
-            recorded = self.repo.rollback(name)
-            if recorded != target:  # the repository moved meanwhile; follow it at the next poll
-                log.warning("model %r: rolled back to %r but the repository chose %r", name,
-                            target, recorded)
-            return result
-
     # -- status --------------------------------------------------------------------------------
+
+    def explain(self, name: str, live: str | None) -> str:
+        """Why ``live`` is what serves (the answer of a reload that changed nothing)."""
+        state = self.repo.state(name)
+        versions = self.repo.versions(name, state)
+        if not versions:
+            return f"model {name!r} has no version in the repository"
+        rejected = [v for v in versions if self.repo.is_rejected(name, v, state)]
+        newer = versions[versions.index(live) + 1:] if live in versions else versions
+        newer_rejected = [v for v in newer if v in rejected]
+        if newer_rejected:
+            v = newer_rejected[-1]
+            return f"version {v!r} was rejected: {state.rejected[v].reason}"
+        if live is None:
+            return "every version in the repository was rejected: " + "; ".join(
+                f"{v}: {state.rejected[v].reason}" for v in rejected[-3:])
+        if newer and state.last_rollback and state.last_rollback.get("to") == live:
+            return (f"rolled back to {live!r} at {_iso(state.last_rollback.get('at', 0.0))}; versions "
+                    f"seen before the rollback ({', '.join(newer)}) stay off until a new one appears "
+                    f"(or POST .../rollback?to=<version>)")
+        return f"version {live!r} is live and is the newest version in the repository"
 
     def ready(self) -> tuple[bool, list[str]]:
         """Whether every expected model is live; otherwise what is missing and why."""
@@ -254,11 +406,12 @@ class Registry:
         missing = []
         for name in self.expected():
             if name not in self._live:
-                failure = self._failed.get(name)
-                why = f" (version {failure[0]} failed: {failure[1]})" if failure else " (loading)"
+                failure = self._last_failure.get(name)
+                why = f" (version {failure[0]} failed: {failure[1]})" if failure else (
+                    f" ({self.explain(name, None)})" if self._in_repo(name) else " (loading)")
                 missing.append(f"model {name!r} is not loaded{why}")
         if not self._expected and not self._live:
-            missing.append(f"no models in the repository {self.repo.root}")
+            missing.append("no models in the model repository")
         return not missing, missing
 
     def describe(self, name: str) -> dict[str, Any]:
@@ -272,11 +425,16 @@ class Registry:
         else:
             out = model.describe()
         if name not in self._static and self._in_repo(name):
-            state = self.repo.state(name)
-            out["versions"] = self.repo.versions(name)
-            out["previous"] = self.repo.previous(name)
-            out["rejected"] = state.rejected
-        failure = self._failed.get(name)
+            sf = self.repo.state_file(name)
+            state = sf.read()
+            out["versions"] = self.repo.versions(name, state)
+            out["previous"] = self.repo.previous(name, state)
+            out["rejected"] = {v: r.reason for v, r in state.rejected.items()}
+            if sf.read_only_reason:
+                out["repository_read_only"] = sf.read_only_reason
+            if sf.unreadable:
+                out["state_error"] = sf.unreadable
+        failure = self._last_failure.get(name)
         if failure:
             out["last_failure"] = {"version": failure[0], "reason": failure[1]}
         return out
@@ -284,15 +442,14 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(set(self._live) | set(self._expected or ()))
 
-    # -- the poller ----------------------------------------------------------------------------
+    # -- the worker ----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Load what the repository holds, then poll it every ``poll_interval`` seconds."""
         if self._thread is not None:
             return
-        # Loads hold the GIL in stretches (numpy headers, the JIT dispatcher, layout). A waiting
-        # thread gets it back after the switch interval: 5 ms by default, 1 ms here, so the
-        # event loop is never kept from requests for long while a new version loads beside it.
+        # Loads hold the GIL in short stretches (numpy headers, the JIT dispatcher, layout). A
+        # waiting thread gets it back after the switch interval: 5 ms by default, 1 ms here.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="model-registry", daemon=True)
@@ -300,29 +457,51 @@ class Registry:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._jobs.put((None, None))
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
 
     def _run(self) -> None:
-        _lower_thread_priority()
-        while True:
+        self.priority = lower_thread_priority(idle=True)
+        log.debug("model registry worker at %s", self.priority)
+        next_poll = 0.0
+        while not self._stop.is_set():
             try:
-                self.sync_all()
-            except Exception:
-                log.exception("registry poll failed")
-            if self._stop.wait(self.poll_interval):
-                return
+                fn, future = self._jobs.get(timeout=max(0.0, next_poll - time.monotonic()))
+            except queue.Empty:
+                fn, future = None, None
+            if fn is not None:
+                self._run_job(fn, future)
+            elif self._stop.is_set():
+                break
+            if time.monotonic() >= next_poll:
+                try:
+                    self.sync_all()
+                except Exception:
+                    log.exception("registry poll failed")
+                next_poll = time.monotonic() + self.poll_interval
+            self.release_retired()
+
+    @staticmethod
+    def _run_job(fn: Callable[[], Any], future: concurrent.futures.Future | None) -> None:
+        if future is not None and not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the waiting caller
+            if future is None:
+                log.exception("registry job failed")
+            else:
+                future.set_exception(exc)
+            return
+        if future is not None:
+            future.set_result(result)
 
     def _lock(self, name: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(name, threading.Lock())
 
 
-def _lower_thread_priority(niceness: int = 10) -> None:
-    """Loads run beside the request path on the same core: let requests win the CPU (Linux
-    applies setpriority to one thread when given its thread id)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError):
-        pass
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,61 +1,58 @@
 """The local model repository: ``<repo>/<name>/<version>/`` holds one package each.
 
-* A version directory appears only complete: packages are built in ``<repo>/.staging/`` (same
-  filesystem) and moved into place with one ``rename``.
-* ``<repo>/<name>/.state.json`` records which version is live, when that was decided, the order
-  versions were installed in, the versions that went live before (for rollback) and versions that
-  failed validation (never retried). It is rewritten atomically under a file lock, so several
-  worker processes and a sync sidecar can share one repository.
+* A version directory the syncer writes appears only complete: packages are built in
+  ``<repo>/.staging/`` (same filesystem) and moved into place with one ``rename``. Operators may
+  also copy a version in (``cp -a``, ``rsync -a``, ``tar x``, ``mv``); it is "installed" the
+  moment the repository first sees it, whatever its files' mtimes say.
+* ``<repo>/<name>/.state.json`` (:mod:`scoring.lifecycle.state`) records which version is live,
+  when that was decided, when each version was first seen, earlier live versions (rollback) and
+  rejected versions. It is rewritten atomically under a file lock, so worker processes and a sync
+  sidecar can share one repository; a repository this process cannot write is served from memory.
 * Names starting with ``.`` are the repository's own; they are never taken for models or versions.
 
-Which version should serve: an operator's or a worker's decision (``live``) stands until a version
-installed *after* that decision arrives; then the newest such version is tried. This is what lets a
-rollback stick while new exports still go live by themselves.
+Which version should serve (:meth:`ModelRepo.wanted`): a decision (``live``) stands until a
+version first seen *after* it arrives; then the newest such version is tried. This is what lets a
+rollback stick while new exports, synced or copied in, still go live by themselves. A rejected
+version is skipped while its files stay as they were when it failed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..model.manifest import PackageError, check_name
+from .state import (
+    ModelState,
+    Rejection,
+    StateFile,
+    checksums_md5,
+    fingerprint,
+    fsync_dir,
+)
 
 log = logging.getLogger(__name__)
 
-STATE = ".state.json"
-LOCK = ".lock"
 STAGING = ".staging"
-HISTORY_MAX = 20
 
 
-@dataclass
-class ModelState:
-    """What ``.state.json`` holds for one model."""
+class RollbackConflict(LookupError):
+    """The live version is not the one the rollback expected to step back from."""
 
-    live: str | None = None
-    live_since: float = 0.0
-    history: list[str] = field(default_factory=list)      # versions live before, oldest first
-    installed: dict[str, float] = field(default_factory=dict)
-    rejected: dict[str, str] = field(default_factory=dict)  # version -> why
 
-    @classmethod
-    def from_json(cls, raw: dict) -> "ModelState":
-        return cls(live=raw.get("live"), live_since=float(raw.get("live_since", 0.0)),
-                   history=list(raw.get("history", [])), installed=dict(raw.get("installed", {})),
-                   rejected=dict(raw.get("rejected", {})))
+@dataclass(frozen=True)
+class Rollback:
+    """What a rollback did: ``changed`` is False when it had already been done (a retry)."""
 
-    def to_json(self) -> dict:
-        return {"live": self.live, "live_since": self.live_since, "history": self.history,
-                "installed": self.installed, "rejected": self.rejected}
+    from_version: str | None
+    to_version: str
+    changed: bool
 
 
 class ModelRepo:
@@ -63,6 +60,7 @@ class ModelRepo:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self._states: dict[str, StateFile] = {}
 
     # -- listing ----------------------------------------------------------------------------
 
@@ -77,36 +75,66 @@ class ModelRepo:
     def path(self, name: str, version: str) -> Path:
         return self.model_dir(name) / check_name(version, "version")
 
-    def install_time(self, name: str, version: str, state: ModelState | None = None) -> float:
-        state = state or self.state(name)
-        if version in state.installed:
-            return state.installed[version]
-        try:
-            return self.path(name, version).stat().st_mtime
-        except OSError:
-            return 0.0
+    def relative(self, name: str, version: str) -> str:
+        """``<name>/<version>``: where a version is, as the API shows it (no host paths)."""
+        return f"{name}/{version}"
 
-    def versions(self, name: str) -> list[str]:
-        """Version directories of a model, oldest install first."""
+    def _present(self, name: str) -> list[str]:
         mdir = self.model_dir(name)
         if not mdir.is_dir():
             return []
-        state = self.state(name)
-        names = [p.name for p in mdir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        return sorted(names, key=lambda v: (self.install_time(name, v, state), v))
+        return [p.name for p in mdir.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
-    def newest(self, name: str) -> str | None:
-        versions = [v for v in self.versions(name) if v not in self.state(name).rejected]
-        return versions[-1] if versions else None
+    def versions(self, name: str, state: ModelState | None = None) -> list[str]:
+        """Version directories of a model, oldest first: by when the repository first saw them
+        (a version not seen yet counts as now), then by mtime and name for versions first seen
+        in the same look."""
+        state = state or self.state(name)
+        now = time.time()
+        mdir = self.model_dir(name)
+
+        def key(v: str) -> tuple[float, float, str]:
+            try:
+                mtime = (mdir / v).stat().st_mtime
+            except OSError:
+                mtime = 0.0
+            return state.installed.get(v, now), mtime, v
+
+        return sorted(self._present(name), key=key)
+
+    def observe(self, name: str) -> ModelState:
+        """Record the first sighting of every version directory not seen before (and forget the
+        ones that are gone); returns the state."""
+        sf = self.state_file(name)
+        state = sf.read()
+        present = set(self._present(name))
+        if present == set(state.installed) or not self.model_dir(name).is_dir():
+            return state
+        with sf.locked():
+            state = sf.read()
+            now = time.time()
+            new = sorted(present - set(state.installed))
+            gone = set(state.installed) - present
+            if not new and not gone:
+                return state
+            for v in new:
+                state.installed[v] = now
+            for v in gone:
+                state.installed.pop(v, None)
+                state.rejected.pop(v, None)
+            sf.write(state)
+        if new:
+            log.info("model %r: found version(s) %s in the repository", name, new)
+        return state
 
     def wanted(self, name: str) -> str | None:
-        """The version that should serve now: the newest one installed after the last decision
-        (and not rejected), else the live one, else the newest."""
-        state = self.state(name)
-        versions = [v for v in self.versions(name) if v not in state.rejected]
+        """The version that should serve now: the newest one first seen after the last decision
+        (and not rejected as its files are), else the live one, else the newest."""
+        state = self.observe(name)
+        versions = [v for v in self.versions(name, state) if not self.is_rejected(name, v, state)]
         if not versions:
             return None
-        fresh = [v for v in versions if self.install_time(name, v, state) > state.live_since]
+        fresh = [v for v in versions if state.installed.get(v, time.time()) > state.live_since]
         if fresh:
             return fresh[-1]
         if state.live in versions:
@@ -115,47 +143,20 @@ class ModelRepo:
 
     # -- state ------------------------------------------------------------------------------
 
+    def state_file(self, name: str) -> StateFile:
+        sf = self._states.get(name)
+        if sf is None:
+            sf = self._states[name] = StateFile(self.model_dir(name), name)
+        return sf
+
     def state(self, name: str) -> ModelState:
-        path = self.model_dir(name) / STATE
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return ModelState()
-        except (OSError, ValueError) as exc:
-            log.error("model %r: %s is unreadable (%s); treating as empty", name, path, exc)
-            return ModelState()
-        return ModelState.from_json(raw) if isinstance(raw, dict) else ModelState()
+        return self.state_file(name).read()
 
     @contextlib.contextmanager
-    def locked(self, name: str) -> Iterator[None]:
+    def locked(self, name: str):
         """An exclusive lock on one model's state (across processes)."""
-        mdir = self.model_dir(name)
-        mdir.mkdir(parents=True, exist_ok=True)
-        with open(mdir / LOCK, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    def _write_state(self, name: str, state: ModelState) -> None:
-        mdir = self.model_dir(name)
-        tmp = mdir / f"{STATE}.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(json.dumps(state.to_json(), indent=1), encoding="utf-8")
-        os.replace(tmp, mdir / STATE)
-
-    def set_live(self, name: str, version: str) -> ModelState:
-        """Record ``version`` as live now; the one it replaces joins the history."""
-        with self.locked(name):
-            state = self.state(name)
-            if state.live != version:
-                if state.live:
-                    state.history = [v for v in state.history if v != state.live] + [state.live]
-                    state.history = state.history[-HISTORY_MAX:]
-                state.live = version
-            state.live_since = time.time()
-            self._write_state(name, state)
-        return state
+        with self.state_file(name).locked():
+            yield
 
     def promote(self, name: str, version: str, decided_at: float) -> str | None:
         """Record ``version`` as live, as decided at ``decided_at`` (when the caller read
@@ -165,51 +166,124 @@ class ModelRepo:
         others find it already live and change nothing. A decision older than the recorded one
         (e.g. a rollback made while the caller was loading) loses: the recorded version is
         returned and the caller should not serve ``version``. Because ``live_since`` is the
-        decision time, a version installed while the caller was loading stays fresh."""
-        with self.locked(name):
-            state = self.state(name)
+        decision time, a version first seen while the caller was loading stays fresh."""
+        sf = self.state_file(name)
+        with sf.locked():
+            state = sf.read()
             if state.live == version or (state.live and decided_at < state.live_since):
                 return state.live
-            if state.live:
-                state.history = [v for v in state.history if v != state.live] + [state.live]
-                state.history = state.history[-HISTORY_MAX:]
-            state.live = version
-            state.live_since = decided_at
-            self._write_state(name, state)
+            state.make_live(version, decided_at)
+            sf.write(state)
         return version
 
-    def previous(self, name: str) -> str | None:
+    def previous(self, name: str, state: ModelState | None = None) -> str | None:
         """The most recent earlier live version that is still in the repo (rollback target)."""
-        state = self.state(name)
-        present = set(self.versions(name))
+        state = state or self.state(name)
+        present = set(self._present(name))
         for v in reversed(state.history):
-            if v != state.live and v in present and v not in state.rejected:
+            if v != state.live and v in present and not self.is_rejected(name, v, state):
                 return v
         return None
 
-    def rollback(self, name: str) -> str:
-        """Make the previous live version live again; raise if there is none."""
-        with self.locked(name):
-            state = self.state(name)
-            present = set(self.versions(name))
-            target = next((v for v in reversed(state.history)
-                           if v != state.live and v in present and v not in state.rejected), None)
-            if target is None:
-                raise LookupError(f"model {name!r}: no previous version is kept in the repository")
-            state.history = [v for v in state.history if v != target]
-            if state.live:
-                state.rejected.pop(state.live, None)
-            state.live = target
-            state.live_since = time.time()
-            self._write_state(name, state)
-        return target
+    def rollback(self, name: str, expected: str | None, to: str | None = None) -> Rollback:
+        """Make an earlier version live again, as one compare-and-set.
 
-    def reject(self, name: str, version: str, reason: str) -> None:
-        """Remember that a version failed validation so no process retries it."""
-        with self.locked(name):
-            state = self.state(name)
-            state.rejected[version] = reason[:500]
-            self._write_state(name, state)
+        ``expected`` is the version the caller sees live; ``to`` the target (default: the
+        previous live version). If the live version is no longer ``expected`` because this very
+        rollback was already done (a retried call, or the same call on another worker), nothing
+        changes and ``changed`` is False; if it moved for another reason, :class:`RollbackConflict`.
+        Versions present now count as seen before the rollback, so it sticks until a new one
+        appears. Raises LookupError when there is nothing to roll back to."""
+        self.observe(name)
+        sf = self.state_file(name)
+        with sf.locked():
+            state = sf.read()
+            last = state.last_rollback or {}
+            if to is not None and state.live == to:
+                return Rollback(last.get("from") if last.get("to") == to else None, to, False)
+            if expected is not None and state.live != expected:
+                if last.get("from") == expected and last.get("to") == state.live and to in (None, state.live):
+                    return Rollback(expected, state.live, False)
+                raise RollbackConflict(f"model {name!r}: the live version is {state.live!r}, not "
+                                       f"{expected!r} as the rollback expected; nothing was rolled back")
+            if to is None:
+                target = self.previous(name, state)
+                if target is None:
+                    raise LookupError(f"model {name!r}: no previous version is kept in the "
+                                      "repository to roll back to")
+            else:
+                if to not in self._present(name):
+                    raise LookupError(f"model {name!r}: version {to!r} is not in the repository; "
+                                      f"versions: {self.versions(name, state)}")
+                if self.is_rejected(name, to, state):
+                    raise LookupError(f"model {name!r}: version {to!r} was rejected: "
+                                      f"{state.rejected[to].reason}")
+                target = to
+            origin = state.live
+            now = time.time()
+            state.history = [v for v in state.history if v != target]
+            if origin:
+                state.rejected.pop(origin, None)
+            state.live, state.live_since = target, now
+            state.last_rollback = {"from": origin, "to": target, "at": now}
+            sf.write(state)
+        return Rollback(origin, target, True)
+
+    # -- rejections ---------------------------------------------------------------------------
+
+    def fingerprint(self, name: str, version: str) -> str:
+        return fingerprint(self.path(name, version))
+
+    def reject(self, name: str, version: str, reason: str, fingerprint: str, *,
+               content: bool = False) -> None:
+        """Remember that a version failed validation with its files as ``fingerprint`` says, so
+        no process retries it until they change. ``content``: every md5 matched (the package
+        is bad, not an unfinished copy); the syncer then never downloads it again."""
+        listed = checksums_md5(self.path(name, version)) if content else None
+        sf = self.state_file(name)
+        with sf.locked():
+            state = sf.read()
+            state.rejected[version] = Rejection(reason[:500], fingerprint, time.time(), content)
+            if listed is not None:
+                state.refuse(listed, version, reason)
+            sf.write(state)
+
+    def refuse(self, name: str, checksums_md5: str, version: str, reason: str) -> None:
+        """Remember a package (by the md5 of its ``checksums.md5``) that is intact and invalid,
+        so the syncer never downloads those bytes again."""
+        sf = self.state_file(name)
+        with sf.locked():
+            state = sf.read()
+            state.refuse(checksums_md5, version, reason)
+            sf.write(state)
+
+    def refusal(self, name: str, checksums_md5: str) -> dict | None:
+        """Why the package with this ``checksums.md5`` md5 was refused, or None."""
+        return self.state(name).refused.get(checksums_md5)
+
+    def rejection(self, name: str, version: str, state: ModelState | None = None) -> Rejection | None:
+        state = state or self.state(name)
+        return state.rejected.get(version)
+
+    def is_rejected(self, name: str, version: str, state: ModelState | None = None) -> bool:
+        """Rejected, and its files are still what they were when it failed."""
+        rej = self.rejection(name, version, state)
+        if rej is None:
+            return False
+        if not rej.fingerprint:  # recorded by an older release: files unknown, keep it rejected
+            return True
+        return rej.fingerprint == self.fingerprint(name, version)
+
+    def clear_rejections(self, name: str) -> list[str]:
+        """Forget every rejection of a model (an operator's explicit reload); returns them."""
+        sf = self.state_file(name)
+        with sf.locked():
+            state = sf.read()
+            cleared = sorted(state.rejected)
+            if cleared:
+                state.rejected.clear()
+                sf.write(state)
+        return cleared
 
     # -- install, prune, staging ------------------------------------------------------------
 
@@ -228,11 +302,13 @@ class ModelRepo:
             raise PackageError(f"version {version!r} of model {name!r} is already installed")
         _fsync_tree(Path(staged))
         os.rename(staged, dest)
-        _fsync_dir(dest.parent)
-        with self.locked(name):
-            state = self.state(name)
+        fsync_dir(dest.parent)
+        sf = self.state_file(name)
+        with sf.locked():
+            state = sf.read()
             state.installed[version] = time.time()
-            self._write_state(name, state)
+            state.rejected.pop(version, None)
+            sf.write(state)
         return dest
 
     def prune(self, name: str, keep: int) -> list[str]:
@@ -240,9 +316,12 @@ class ModelRepo:
         and the newest one (which may be waiting to go live) are never deleted. Returns those
         deleted."""
         keep = max(1, keep)
-        with self.locked(name):
-            state = self.state(name)
-            versions = self.versions(name)
+        sf = self.state_file(name)
+        if sf.read_only_reason:
+            return []
+        with sf.locked():
+            state = sf.read()
+            versions = self.versions(name, state)
             kept = {state.live} if state.live in versions else set()
             for v in reversed(versions):
                 if len(kept) >= keep and v != versions[-1]:
@@ -252,9 +331,10 @@ class ModelRepo:
             for v in doomed:
                 shutil.rmtree(self.path(name, v), ignore_errors=True)
                 state.installed.pop(v, None)
+                state.rejected.pop(v, None)
                 state.history = [h for h in state.history if h != v]
             if doomed:
-                self._write_state(name, state)
+                sf.write(state)
         return doomed
 
     def clean_staging(self, name: str | None = None, older_than: float = 0.0) -> int:
@@ -277,18 +357,9 @@ class ModelRepo:
         return n
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, filenames in os.walk(root):
         for fn in filenames:
             with contextlib.suppress(OSError), open(Path(dirpath) / fn, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))

@@ -13,14 +13,43 @@ from typing import Mapping
 from .manifest import CHECKSUMS, PackageError, check_relative_path
 
 _MD5_LINE = re.compile(r"^([0-9a-fA-F]{32}) [ *](.+)$")
+MAX_CHECKSUMS_BYTES = 1 << 20  # one line per file: a package's list is a few KB
+
+
+class ChecksumError(PackageError):
+    """A package's files do not match its ``checksums.md5`` (missing, changed, unlisted, or no
+    readable list): an unfinished copy looks like this, a bad export does not."""
 
 
 def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """md5 of a file, read into one reused buffer: no allocation per chunk, and the GIL is held
+    only between chunks (reads and ``hashlib`` on large buffers release it), so a thread serving
+    requests beside it is not held up."""
     h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
+
+
+def read_checksums(root: Path) -> tuple[bytes, dict[str, str]]:
+    """The bytes of ``<root>/checksums.md5`` and what they list; :class:`ChecksumError` if it is
+    missing, larger than 1 MiB or malformed."""
+    cpath = root / CHECKSUMS
+    if cpath.is_symlink() or not cpath.is_file():
+        raise ChecksumError(f"{CHECKSUMS}: missing (or not a regular file)")
+    with open(cpath, "rb") as fh:
+        data = fh.read(MAX_CHECKSUMS_BYTES + 1)
+    if len(data) > MAX_CHECKSUMS_BYTES:
+        raise ChecksumError(f"{CHECKSUMS}: larger than {MAX_CHECKSUMS_BYTES} bytes")
+    try:
+        return data, parse_checksums(data.decode("utf-8", errors="replace"))
+    except ChecksumError:
+        raise
+    except PackageError as exc:
+        raise ChecksumError(str(exc)) from None
 
 
 def parse_checksums(text: str, source: str = CHECKSUMS) -> dict[str, str]:
@@ -63,22 +92,18 @@ def package_files(root: Path) -> list[str]:
 
 
 def verify_checksums(root: str | os.PathLike) -> dict[str, str]:
-    """Check ``checksums.md5`` against every file of the package; return {path: md5}."""
+    """Check ``checksums.md5`` against every file of the package; return {path: md5}. Raises
+    :class:`ChecksumError` naming the first file that does not match."""
     root = Path(root)
-    cpath = root / CHECKSUMS
-    if not cpath.is_file():
-        raise PackageError(f"{CHECKSUMS}: missing in {root}")
-    sums = parse_checksums(cpath.read_text(encoding="utf-8", errors="replace"))
+    _, sums = read_checksums(root)
     for name, digest in sums.items():
         fpath = root / name
         if fpath.is_symlink() or not fpath.is_file():
-            raise PackageError(f"{name}: listed in {CHECKSUMS} but missing (or not a regular file)")
+            raise ChecksumError(f"{name}: listed in {CHECKSUMS} but missing (or not a regular file)")
         actual = md5_file(fpath)
         if actual != digest:
-            raise PackageError(f"{name}: md5 mismatch, {CHECKSUMS} says {digest}, file has {actual}")
+            raise ChecksumError(f"{name}: md5 mismatch, {CHECKSUMS} says {digest}, file has {actual}")
     unlisted = [f for f in package_files(root) if f not in sums]
     if unlisted:
-        raise PackageError(f"{unlisted[0]}: present in the package but not listed in {CHECKSUMS}")
+        raise ChecksumError(f"{unlisted[0]}: present in the package but not listed in {CHECKSUMS}")
     return sums
-
-

@@ -10,9 +10,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from .checksums import format_checksums, md5_file, package_files
-from .manifest import CHECKSUMS, MANIFEST, PackageError, check_relative_path, parse_manifest
+from .manifest import (
+    CHECKSUMS,
+    MANIFEST,
+    PackageError,
+    check_relative_path,
+    parse_manifest,
+)
 from .package import FLOAT32_LE, load_package
-
 
 
 def write_package(out: str | os.PathLike, manifest: Mapping[str, Any],

@@ -14,7 +14,7 @@ import logging
 from typing import Any, AsyncIterator, Protocol, Sequence
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -109,10 +109,18 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
         return json_response(out)
 
     @app.post("/v1/models/{name}/rollback", summary="Admin: go back to the previous version",
-              **ADMIN_DOC)
-    def rollback_model(name: str, request: Request) -> Response:
+              description="A compare-and-set: it steps back from the version this process serves "
+                          "(or `from`), so a retried call, or the same call reaching another "
+                          "worker, rolls back once. `to` names the target; calls naming it are "
+                          "idempotent.", **ADMIN_DOC)
+    def rollback_model(name: str, request: Request,
+                       to: str | None = Query(None, description="the version to go back to "
+                                              "(default: the previous live version)"),
+                       expected: str | None = Query(None, alias="from", description="the version "
+                                                    "expected live now (default: what this "
+                                                    "process serves)")) -> Response:
         admin(request)
-        return json_response(plane.rollback(name))
+        return json_response(plane.rollback(name, to=to, expected=expected))
 
     # -- operations ----------------------------------------------------------------------------
 

@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 import orjson
 
-from ..errors import PayloadTooLarge, ScoringError
-from .metrics import Metrics
+from ..errors import InvalidRequest, PayloadTooLarge, ScoringError
 from ..lifecycle.loader import LiveModel
 from ..lifecycle.registry import Registry, SyncResult
+from ..model.manifest import PackageError, check_name
+from .metrics import Metrics
 from .schemas import ScoreDecoder
 from .settings import Settings
 
@@ -114,8 +115,14 @@ class DataPlane:
     def reload(self, name: str) -> dict[str, Any]:
         return self._after(self.registry.reload(name))
 
-    def rollback(self, name: str) -> dict[str, Any]:
-        return self._after(self.registry.rollback(name))
+    def rollback(self, name: str, to: str | None = None, expected: str | None = None) -> dict[str, Any]:
+        for field, version in (("to", to), ("from", expected)):
+            if version is not None:
+                try:
+                    check_name(version, field)
+                except PackageError as exc:
+                    raise InvalidRequest(str(exc)) from None
+        return self._after(self.registry.rollback(name, to=to, expected=expected))
 
     def _after(self, result: SyncResult) -> dict[str, Any]:
         out = result.describe()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Awaitable, Callable
 
-from .dataplane import DataPlane
 from ..errors import MalformedRequest, PayloadTooLarge, ScoringError
+from .dataplane import DataPlane
 from .schemas import error_json
 
 log = logging.getLogger(__name__)

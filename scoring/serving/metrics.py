@@ -11,8 +11,14 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 # 50 us .. 1 s: fine where the service lives (0.2-3 ms), coarse above
 LATENCY_BUCKETS = (

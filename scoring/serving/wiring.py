@@ -52,7 +52,7 @@ def in_process_sync(settings: Settings, registry, metrics) -> list:
     from ..sync import sync_service_from_env
 
     def installed(name: str, version: str) -> None:
-        registry.sync(name)
+        registry.poke(name)  # the registry's worker loads it, at idle priority
 
     handle = sync_service_from_env(settings.model_repo, on_installed=installed)
     sync_metrics.register(metrics.registry)

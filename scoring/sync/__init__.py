@@ -7,7 +7,12 @@ resume, md5 while streaming), ``syncer`` (one cycle, retries, install), ``alarms
 :mod:`scoring.lifecycle` only, never the engine or the serving side.
 """
 
-from .background import SyncHandle, config_from_env, start_background_sync, sync_service_from_env
+from .background import (
+           SyncHandle,
+           config_from_env,
+           start_background_sync,
+           sync_service_from_env,
+)
 from .syncer import SyncConfig, Syncer, SyncResult
 
 __all__ = ["SyncConfig", "SyncHandle", "SyncResult", "Syncer", "config_from_env", "start_background_sync",

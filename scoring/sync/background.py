@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Mapping
 
+from ..lifecycle.priority import lower_thread_priority
 from .sources import open_source
 from .syncer import INSTALLED, SyncConfig, Syncer, SyncResult, SyncStatus
 from .throttle import parse_rate
@@ -95,8 +96,8 @@ class SyncHandle:
         return self.syncer.status
 
     def _run(self) -> None:
-        if self.low_priority:
-            log.debug("model %r: sync thread priority: %s", self.model, lower_thread_priority())
+        if self.low_priority:  # downloads and md5s only use CPU time requests do not want
+            log.debug("model %r: sync thread priority: %s", self.model, lower_thread_priority(idle=True))
         self.syncer.run_forever(self._wake, on_result=self._on_result, on_start=self._on_start)
 
     def _on_start(self) -> None:
@@ -150,25 +151,6 @@ class SyncHandle:
         self._wake.set()
         self._thread.join(timeout)
         self.syncer.close()
-
-
-def lower_thread_priority(idle: bool = False, niceness: int = 10) -> str:
-    """Let requests win the CPU over downloads. ``idle``: Linux SCHED_IDLE (runs only on CPU time
-    nothing else wants) for a process of its own, the ``ctr-sync --low-priority`` sidecar. A thread
-    inside the service only gets ``nice``: it shares the GIL with the request path, and a thread
-    that could be starved while holding the GIL would stall requests instead. Returns what was set."""
-    tid = threading.get_native_id()
-    if idle:
-        try:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-            return "SCHED_IDLE"
-        except (AttributeError, OSError):
-            pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, niceness)
-        return f"nice {niceness}"
-    except (AttributeError, OSError):
-        return "unchanged"
 
 
 def start_background_sync(config: SyncConfig, *, on_installed: Callable[[str, str], None] | None = None,

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 
+from ..lifecycle.priority import lower_thread_priority
 from . import metrics
 from .sources import SourceURLError
 from .syncer import DEFAULT_RATE, SyncConfig, Syncer
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=_positive(int), default=3,
                    help="versions kept in the repo, the live one always among them (default 3)")
     p.add_argument("--once", action="store_true", help="run one cycle and exit (0 = live version current)")
+    p.add_argument("--wait-live", type=float, default=0.0, metavar="SECONDS",
+                   help="with --once: then wait up to SECONDS for the service to make the remote "
+                   "version live; exit 1 if it rejects it or the time runs out (default 0: no wait)")
     p.add_argument("--alarm-webhook", metavar="URL", help="POST a JSON alarm here when a cycle fails")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
@@ -86,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle-timeout", type=_positive(float), default=1800.0,
                    help="a cycle taking longer fails (default 1800 s)")
     p.add_argument("--max-file-size", type=_size, default=16 << 30,
-                   help="refuse package files larger than this (default 16G)")
+                   help="refuse package files larger than this (default 16G; a manifest: 1M)")
+    p.add_argument("--max-package-size", type=_size, default=64 << 30,
+                   help="refuse a package whose files add up to more than this (default 64G)")
     p.add_argument("--low-priority", action="store_true",
                    help="run at idle CPU priority (Linux SCHED_IDLE), so a sidecar never delays requests")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -106,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         config = SyncConfig(source=args.source, repo=args.repo, model=args.model, interval=args.interval,
                             jitter=args.jitter, rate_limit=args.rate_limit, keep=args.keep,
                             retries=args.retries, timeout=args.timeout, cycle_timeout=args.cycle_timeout,
-                            max_file_bytes=args.max_file_size, user=args.user,
+                            max_file_bytes=args.max_file_size,
+                            max_package_bytes=args.max_package_size, user=args.user,
                             alarm_webhook=args.alarm_webhook)
         syncer = Syncer(config)
     except (SourceURLError, ValueError) as exc:
@@ -118,14 +125,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--metrics-port {args.metrics_port}: cannot listen ({exc})")
 
     if args.low_priority:
-        from .background import lower_thread_priority
-
         log.info("CPU priority: %s", lower_thread_priority(idle=True, niceness=19))
     if args.once:
         result = syncer.cycle(wait_for_lock=True)
         syncer.close()
         line = (f"ctr-sync: model {config.model!r}: {result.message} "
                 f"({result.bytes} bytes, {result.seconds:.2f}s)")
+        if result.ok and args.wait_live > 0 and result.version:
+            live, why = syncer.wait_live(result.version, args.wait_live)
+            if not live:
+                print(f"{line}\nctr-sync: model {config.model!r}: {why}", file=sys.stderr)
+                return 1
+            line += f"; {why}"
         if result.ok:
             print(line)
             return 0

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 
+from ..model.manifest import MANIFEST, MAX_MANIFEST_BYTES
 from . import metrics
 from .sources import RemoteFile, Source, SourceError
 from .throttle import TokenBucket
@@ -82,12 +83,15 @@ class Transfer:
 
     def __init__(self, source: Source, staging: Path, sums: Mapping[str, str], *,
                  bucket: TokenBucket, max_file_bytes: int, model: str,
-                 stop: threading.Event, deadline: float) -> None:
+                 stop: threading.Event, deadline: float,
+                 max_package_bytes: int | None = None) -> None:
         self.source = source
         self.staging = staging
         self.sums = sums
         self.bucket = bucket
         self.max_file_bytes = max_file_bytes
+        self.max_package_bytes = max_package_bytes
+        self.sizes: dict[str, int] = {}  # bytes on disk per file: the package's size so far
         self.model = model
         self.stop = stop
         self.deadline = deadline
@@ -107,9 +111,21 @@ class Transfer:
             if info.kind != "FILE":
                 raise SyncError(f"{name}: is a {info.kind.lower()} on the source, not a regular file; "
                                 "package files must be plain files inside the package", retriable=False)
-            if info.length > self.max_file_bytes:
+            if info.length > self.limit(name):
                 raise SyncError(f"{name}: {info.length} bytes is above the limit of "
-                                f"{self.max_file_bytes} bytes per file (--max-file-size)", retriable=False)
+                                f"{self.limit(name)} bytes {self._limit_flag(name)}", retriable=False)
+        total = sum(max(0, files[n].length) for n in self.sums)
+        if self.max_package_bytes is not None and total > self.max_package_bytes:
+            raise SyncError(f"the package is {total} bytes, above the limit of "
+                            f"{self.max_package_bytes} bytes (--max-package-size)", retriable=False)
+
+    def limit(self, name: str) -> int:
+        """Largest size accepted for one file: the manifest is read whole, so it gets 1 MiB."""
+        return min(self.max_file_bytes, MAX_MANIFEST_BYTES) if name == MANIFEST else self.max_file_bytes
+
+    @staticmethod
+    def _limit_flag(name: str) -> str:
+        return "for a manifest" if name == MANIFEST else "per file (--max-file-size)"
 
     def _target(self, name: str) -> Path:
         path = self.staging / name
@@ -129,11 +145,13 @@ class Transfer:
             if dl.start != part.offset:  # the server cannot resume: start the file over
                 log.info("model %r: %s restarts from byte 0 on %s", self.model, name, host)
                 part = self.partial[name] = _Partial()
+                self.sizes[name] = 0
             expected = info.length if info is not None and info.length >= 0 else (
                 dl.start + dl.length if dl.length is not None else None)
-            if expected is not None and expected > self.max_file_bytes:
-                raise SourceError(f"{name}: {expected} bytes is above the limit of {self.max_file_bytes} "
-                                  "bytes per file (--max-file-size)", retriable=False, host=host)
+            limit = self.limit(name)
+            if expected is not None and expected > limit:
+                raise SourceError(f"{name}: {expected} bytes is above the limit of {limit} bytes "
+                                  f"{self._limit_flag(name)}", retriable=False, host=host)
             fd = os.open(path, flags | (os.O_TRUNC if part.offset == 0 else 0), 0o644)
             with os.fdopen(fd, "wb") as fh:
                 fh.seek(part.offset)
@@ -144,13 +162,17 @@ class Transfer:
                     fh.write(chunk)
                     part.md5.update(chunk)
                     part.offset += len(chunk)
+                    self.sizes[name] = part.offset
                     self.bytes += len(chunk)
                     metrics.BYTES.labels(self.model).inc(len(chunk))
-                    if part.offset > self.max_file_bytes or (expected is not None and part.offset > expected):
-                        limit = min(self.max_file_bytes, expected if expected is not None else self.max_file_bytes)
+                    if part.offset > limit or (expected is not None and part.offset > expected):
+                        sent = min(limit, expected if expected is not None else limit)
                         self.partial.pop(name, None)
-                        raise SourceError(f"{name}: the source sent more than {limit} bytes", retriable=False,
+                        raise SourceError(f"{name}: the source sent more than {sent} bytes", retriable=False,
                                           host=host)
+                    if self.max_package_bytes is not None and sum(self.sizes.values()) > self.max_package_bytes:
+                        raise SourceError(f"the package grew past {self.max_package_bytes} bytes "
+                                          "(--max-package-size)", retriable=False, host=host)
         if expected is not None and part.offset < expected:
             raise SourceError(f"{name}: connection ended after {part.offset} of {expected} bytes", retriable=True,
                               host=host)

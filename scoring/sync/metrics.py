@@ -6,7 +6,13 @@ own ``/metrics``; the ``ctr-sync`` daemon serves them with ``--metrics-port``.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 
 CYCLES = Counter("ctr_sync_cycles_total", "Sync cycles by result (unchanged, installed, failed, skipped)",
                  ["model", "result"])

@@ -9,7 +9,9 @@ A cycle (:meth:`Syncer.cycle`):
 3. download every file through the token bucket into ``<repo>/.staging/``, md5 while streaming;
    refuse names escaping the package, symlinks and files above ``max_file_bytes``;
 4. validate the package with :func:`scoring.model.package.load_package`, then move it into place as
-   ``<repo>/<model>/<version>/`` with one rename; the serving registry picks it up;
+   ``<repo>/<model>/<version>/`` with one rename; the serving registry picks it up. A package
+   that is intact but invalid is remembered in the repository's state (``refused``, by the md5 of
+   its ``checksums.md5``), as is one the service rejected, and never downloaded again;
 5. keep ``keep`` versions, never the live one nor the one just installed;
 6. retry a failed attempt with exponential backoff and jitter; after the last one, alarm.
 
@@ -31,11 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..lifecycle.repo import ModelRepo
 from ..model.checksums import parse_checksums
 from ..model.manifest import CHECKSUMS, MANIFEST, PackageError, read_manifest
 from ..model.package import load_package
-from ..lifecycle.repo import STAGING, ModelRepo
-
 from . import metrics
 from .alarms import Alarms
 from .fetch import HostPicker, Stopped, SyncError, Transfer
@@ -68,6 +69,7 @@ class SyncConfig:
     timeout: float = 30.0             # seconds a request may wait for the server (connect / read)
     cycle_timeout: float = 1800.0     # a cycle that takes longer fails
     max_file_bytes: int = 16 << 30
+    max_package_bytes: int = 64 << 30  # all files of one version together
     user: str | None = None           # HDFS user.name
     alarm_webhook: str | None = None
 
@@ -84,6 +86,8 @@ class SyncConfig:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if self.max_file_bytes < 1:
             raise ValueError(f"max file size must be >= 1 byte, got {self.max_file_bytes}")
+        if self.max_package_bytes < 1:
+            raise ValueError(f"max package size must be >= 1 byte, got {self.max_package_bytes}")
 
 
 @dataclass
@@ -130,7 +134,6 @@ class Syncer:
         self.status = SyncStatus()
         self.stop_event = threading.Event()
         self._cleaned = False
-        self._rejected: dict[str, str] = {}  # md5 of a remote checksums.md5 -> why it failed validation
 
     # -- the public cycle -------------------------------------------------------------------
 
@@ -151,7 +154,7 @@ class Syncer:
 
     def _cycle_locked(self, started: float) -> SyncResult:
         if not self._cleaned:
-            n = self._clean_staging()
+            n = self.repo.clean_staging(self.model)
             if n:
                 log.info("model %r: removed %d staging leftover(s) of an interrupted sync", self.model, n)
             self._cleaned = True
@@ -204,9 +207,10 @@ class Syncer:
         local = self._local_version_with(digest)
         if local is not None:
             return self._unchanged(local)
-        if digest in self._rejected:
-            raise SyncError(f"the remote package was rejected before and has not changed: "
-                            f"{self._rejected[digest]}", retriable=False)
+        refused = self.repo.refusal(self.model, digest)
+        if refused is not None:
+            raise SyncError(f"the remote package (version {refused.get('version')!r}) was refused "
+                            f"before and has not changed: {refused.get('reason')}", retriable=False)
 
         if state.get("digest") != digest:  # first attempt, or the remote changed meanwhile
             if state.get("staging") is not None:
@@ -216,7 +220,8 @@ class Syncer:
             state.update(small_bytes=small, digest=digest, staging=self.repo.staging_dir(self.model),
                          started=time.monotonic())
             state["transfer"] = Transfer(self.source, state["staging"], sums, bucket=self.bucket,
-                                         max_file_bytes=self.config.max_file_bytes, model=self.model,
+                                         max_file_bytes=self.config.max_file_bytes,
+                                         max_package_bytes=self.config.max_package_bytes, model=self.model,
                                          stop=self.stop_event, deadline=deadline)
         transfer: Transfer = state["transfer"]
         names = sorted(sums, key=lambda n: (n != MANIFEST, n))  # the manifest first: fail fast
@@ -277,7 +282,7 @@ class Syncer:
         try:
             load_package(staging, verify=False)  # md5s were checked on the bytes as they arrived
         except PackageError as exc:
-            self._rejected[digest] = f"version {version!r}: {exc}"
+            self.repo.refuse(self.model, digest, version, str(exc))
             raise SyncError(f"remote version {version!r} is not a valid package: {exc}",
                             retriable=False) from None
         try:
@@ -288,6 +293,22 @@ class Syncer:
         metrics.LAST_INSTALL.labels(self.model).set(time.time())
         return SyncResult(INSTALLED, f"installed version {version!r} from {self.source.describe()}",
                           version=version)
+
+    def wait_live(self, version: str, timeout: float, every: float = 0.2) -> tuple[bool, str]:
+        """Wait until the service records ``version`` live (True) or rejects it, or ``timeout``
+        seconds pass (False); with what happened, in words."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.repo.state(self.model)
+            if state.live == version:
+                return True, f"version {version!r} is live"
+            rejection = state.rejected.get(version)
+            if rejection is not None and self.repo.is_rejected(self.model, version, state):
+                return False, f"the service rejected version {version!r}: {rejection.reason}"
+            if time.monotonic() >= deadline:
+                return False, (f"version {version!r} is not live after {timeout:g}s (live: "
+                               f"{state.live!r}); is ctr-serve running on {self.repo.root}?")
+            self.stop_event.wait(every)
 
     # -- local state --------------------------------------------------------------------------
 
@@ -319,22 +340,13 @@ class Syncer:
         self._prune()
         wanted = self.repo.wanted(self.model)
         if version == wanted:
-            msg = f"version {version!r} is current"
-        elif version in self.repo.state(self.model).rejected:
-            msg = f"remote version {version!r} is installed but the service rejected it; {wanted!r} serves"
-        else:
-            msg = f"remote version {version!r} is installed; {wanted!r} serves (after a rollback)"
-        return SyncResult(UNCHANGED, msg, version=version)
-
-    def _clean_staging(self) -> int:
-        """Remove this model's staging leftovers (other models' syncs may be running)."""
-        staging = self.repo.root / STAGING
-        n = 0
-        if staging.is_dir():
-            for p in staging.glob(f"{self.model}-*"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                n += 1
-        return n
+            return SyncResult(UNCHANGED, f"version {version!r} is current", version=version)
+        rejection = self.repo.rejection(self.model, version)
+        if rejection is not None and self.repo.is_rejected(self.model, version):
+            return SyncResult(FAILED, f"remote version {version!r} is installed but the service "
+                              f"rejected it: {rejection.reason}; {wanted!r} serves", version=version)
+        return SyncResult(UNCHANGED, f"remote version {version!r} is installed; {wanted!r} serves "
+                          "(after a rollback)", version=version)
 
     @contextlib.contextmanager
     def _sync_lock(self, wait: bool) -> Iterator[bool]:

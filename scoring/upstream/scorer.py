@@ -15,11 +15,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ScoringError, UpstreamError, UpstreamTimeout
 from ..engine.features import FeatureLayout
-from .config import Features, TFServingModel
+from ..errors import ScoringError, UpstreamError, UpstreamTimeout
 from ..model.manifest import GroupSpec, Manifest
 from .client import LoopThread, Observer, TFServingClient
+from .config import Features, TFServingModel
 from .payload import request_tensors
 
 log = logging.getLogger(__name__)

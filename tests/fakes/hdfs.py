@@ -42,6 +42,8 @@ class Faults:
     drop: dict[str, int] = field(default_factory=dict)  # path suffix -> bytes sent before dropping (once)
     corrupt: set[str] = field(default_factory=set)      # path suffixes whose bytes get one bit flipped
     require_user: str | None = None       # answer 401 SecurityException unless user.name matches
+    json_padding: int = 0                 # bytes of filler added to every JSON answer
+    hide_length: bool = False             # JSON answers without Content-Length (streamed)
 
 
 class Served:
@@ -86,10 +88,16 @@ class _Handler(BaseHTTPRequestHandler):
     # -- replies ------------------------------------------------------------------------------
 
     def _json(self, status: int, obj: dict) -> None:
+        faults = self.server.faults
+        if faults.json_padding:
+            obj = {**obj, "padding": "x" * faults.json_padding}
         body = json.dumps(obj).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        if faults.hide_length:
+            self.send_header("Connection", "close")
+        else:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 

@@ -31,7 +31,9 @@ class Server:
     """One service process; ``client`` talks to it over HTTP with keep-alive."""
 
     def __init__(self, repo: Path, log_path: Path, args: Sequence[str] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> None:
+        """``prefix``: a command the server runs under (e.g. one that mounts the repository
+        read-only first)."""
         self.repo = Path(repo)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -40,8 +42,8 @@ class Server:
                     "NUMBA_NUM_THREADS": "1", **(env or {})}
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scoring", "--model-repo", str(repo), "--port", str(self.port),
-             *args], env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            [*prefix, sys.executable, "-m", "scoring", "--model-repo", str(repo), "--port",
+             str(self.port), *args], env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.client = httpx.Client(base_url=self.url, timeout=30)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from scoring.model.package import load_package
 from scoring.lifecycle.repo import ModelRepo
+from scoring.model.package import load_package
 
 from ..integration.server import free_port
 
@@ -129,3 +129,30 @@ def test_daemon_serves_metrics_and_stops_on_sigterm(cluster, tmp_path):
     assert proc.returncode == 0, err
     assert "installed version 'v1'" in err
     assert os.path.isdir(tmp_path / "repo" / "ctr" / "v1")
+
+
+def test_once_fails_for_a_version_the_service_rejected_and_can_wait_for_the_service(tmp_path):
+    """cron runs ``ctr-sync --once``: it must not report success for a version the service
+    refused, and ``--wait-live`` waits for the service's verdict."""
+    from tests.models import make_model
+
+    from .server import Server
+
+    remote = make_model(tmp_path / "remote" / "ctr", seed=1, version="v1")
+    repo = tmp_path / "repo"
+    base = ["--source", f"file://{remote}", "--repo", str(repo), "--model", "ctr", "--once",
+            "--retries", "0"]
+    alone = ctr_sync(*base, "--wait-live", "1")  # installed, but no service is running
+    assert alone.returncode == 1 and "installed version 'v1'" in alone.stderr
+    assert "is not live after 1s" in alone.stderr and "is ctr-serve running" in alone.stderr
+    with Server(repo, tmp_path / "server.log") as server:
+        server.wait()
+        live = ctr_sync(*base, "--wait-live", "30")
+        assert live.returncode == 0 and "version 'v1' is live" in live.stdout, live.stderr
+    # the service refuses the version (as it would an export its engine cannot take)
+    r = ModelRepo(repo)
+    r.reject("ctr", "v1", "layers[0]: something the service refused", r.fingerprint("ctr", "v1"),
+             content=True)
+    refused = ctr_sync(*base)
+    assert refused.returncode == 1
+    assert "installed but the service rejected it: layers[0]: something the service refused" in refused.stderr

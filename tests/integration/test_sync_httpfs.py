@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from scoring.sync.syncer import FAILED, INSTALLED, SKIPPED, UNCHANGED
+from scoring.lifecycle.repo import ModelRepo
 from scoring.model.manifest import CHECKSUMS
 from scoring.model.package import load_package
-from scoring.lifecycle.repo import ModelRepo
+from scoring.sync.syncer import FAILED, INSTALLED, SKIPPED, UNCHANGED
 
 from ..fakes.cluster import closed_port
 
@@ -44,7 +44,7 @@ def test_new_version_installed_old_kept_as_backup(cluster, make_syncer):
     gws = cluster.httpfs(2)
     syncer = make_syncer(cluster.url("httpfs", gws))
     assert syncer.cycle().status == INSTALLED
-    syncer.repo.set_live("ctr", "v1")  # what the serving registry does after the swap
+    syncer.repo.promote("ctr", "v1", time.time())  # what the serving registry does after the swap
     cluster.publish("v2", seed=2)
     result = syncer.cycle()
     assert result.status == INSTALLED and result.version == "v2"
@@ -104,7 +104,7 @@ def test_corrupted_file_not_installed_alarm_raised_old_version_live(cluster, mak
     gws = cluster.httpfs(2)
     syncer = make_syncer(cluster.url("httpfs", gws), alarm_webhook=webhook.url, retries=1)
     assert syncer.cycle().status == INSTALLED
-    syncer.repo.set_live("ctr", "v1")
+    syncer.repo.promote("ctr", "v1", time.time())
     cluster.publish("v2", seed=2)
     for gw in gws:
         gw.faults.corrupt.add("mlp/w0.npy")
@@ -148,9 +148,14 @@ def test_invalid_package_rejected_once_not_downloaded_again(cluster, make_syncer
     assert syncer.repo.versions("ctr") == []
     served = gw.served.file_bytes(exclude=(CHECKSUMS,))
     again = syncer.cycle()
-    assert again.status == FAILED and "rejected before" in again.message
+    assert again.status == FAILED and "refused before and has not changed" in again.message
+    assert "non-finite" in again.message
     assert gw.served.file_bytes(exclude=(CHECKSUMS,)) == served  # nothing downloaded again
     assert len(webhook.wait_for(2)) == 2
+    # the refusal is in the repository, so another process (cron's next --once) skips it too
+    later = make_syncer(cluster.url("httpfs", [gw]))
+    assert later.cycle().status == FAILED
+    assert gw.served.file_bytes(exclude=(CHECKSUMS,)) == served
 
 
 def test_path_traversal_and_absolute_names_rejected(cluster, make_syncer, tmp_path):
@@ -184,6 +189,44 @@ def test_file_above_size_limit_rejected_before_download(cluster, make_syncer):
     syncer = make_syncer(cluster.url("httpfs", [gw]), max_file_bytes=10_000)
     result = syncer.cycle()
     assert result.status == FAILED and "above the limit of 10000 bytes" in result.message
+    assert gw.served.file_bytes(exclude=(CHECKSUMS,)) == 0
+
+
+def test_an_oversized_manifest_is_refused_before_download(cluster, make_syncer):
+    """The manifest is read whole before it is validated: more than 1 MiB is not a manifest."""
+    import json
+
+    from scoring.model.checksums import format_checksums, md5_file, package_files
+
+    pkg = cluster.publish("v1", seed=1)
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    manifest["notes"] = "x" * (2 << 20)
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    (pkg / CHECKSUMS).write_text(format_checksums({n: md5_file(pkg / n) for n in package_files(pkg)}))
+    (gw,) = cluster.httpfs(1)
+    result = make_syncer(cluster.url("httpfs", [gw]), retries=0).cycle()
+    assert result.status == FAILED
+    assert "manifest.json" in result.message and "above the limit of 1048576 bytes for a manifest" in result.message
+    assert gw.served.file_bytes(exclude=(CHECKSUMS,)) == 0
+
+
+def test_a_package_above_the_total_size_limit_is_refused_before_download(cluster, make_syncer):
+    cluster.publish("v1", seed=1)
+    (gw,) = cluster.httpfs(1)
+    result = make_syncer(cluster.url("httpfs", [gw]), retries=0, max_package_bytes=20_000).cycle()
+    assert result.status == FAILED and "above the limit of 20000 bytes (--max-package-size)" in result.message
+    assert gw.served.file_bytes(exclude=(CHECKSUMS,)) == 0
+
+
+def test_metadata_answers_larger_than_a_mebibyte_are_refused(cluster, make_syncer):
+    cluster.publish("v1", seed=1)
+    (gw,) = cluster.httpfs(1)
+    gw.faults.json_padding = 3 << 20
+    declared = make_syncer(cluster.url("httpfs", [gw]), retries=0).cycle()
+    assert declared.status == FAILED and "a metadata answer may have" in declared.message
+    gw.faults.hide_length = True  # streamed without a length: cut off while reading
+    streamed = make_syncer(cluster.url("httpfs", [gw]), retries=0).cycle()
+    assert streamed.status == FAILED and "larger than the 1048576 bytes a metadata answer" in streamed.message
     assert gw.served.file_bytes(exclude=(CHECKSUMS,)) == 0
 
 
@@ -230,7 +273,7 @@ def test_backups_rotate_and_live_version_is_never_deleted(cluster, make_syncer):
     syncer = make_syncer(cluster.url("httpfs", [gw]), keep=2)
     cluster.publish("v1", seed=1)
     assert syncer.cycle().status == INSTALLED
-    syncer.repo.set_live("ctr", "v1")
+    syncer.repo.promote("ctr", "v1", time.time())
     for i in range(2, 6):  # the service never swaps away from v1 (say, an operator pinned it)
         cluster.publish(f"v{i}", seed=i)
         assert syncer.cycle().status == INSTALLED
@@ -238,7 +281,7 @@ def test_backups_rotate_and_live_version_is_never_deleted(cluster, make_syncer):
         assert "v1" in versions and f"v{i}" in versions
         assert versions == ["v1", f"v{i}"]  # keep=2 counts the live one
     # The service swaps to v5; v1 stays as the rollback target, and the next export rotates it out.
-    syncer.repo.set_live("ctr", "v5")
+    syncer.repo.promote("ctr", "v5", time.time())
     assert syncer.cycle().status == UNCHANGED
     assert syncer.repo.versions("ctr") == ["v1", "v5"]
     cluster.publish("v6", seed=6)
@@ -251,11 +294,11 @@ def test_keep_one_never_deletes_the_version_waiting_to_go_live(cluster, make_syn
     syncer = make_syncer(cluster.url("httpfs", [gw]), keep=1)
     cluster.publish("v1", seed=1)
     syncer.cycle()
-    syncer.repo.set_live("ctr", "v1")
+    syncer.repo.promote("ctr", "v1", time.time())
     cluster.publish("v2", seed=2)
     assert syncer.cycle().status == INSTALLED
     assert syncer.repo.versions("ctr") == ["v1", "v2"]
-    syncer.repo.set_live("ctr", "v2")
+    syncer.repo.promote("ctr", "v2", time.time())
     syncer.cycle()
     assert syncer.repo.versions("ctr") == ["v2"]
 
@@ -265,11 +308,11 @@ def test_rolled_back_version_is_not_downloaded_again(cluster, make_syncer):
     syncer = make_syncer(cluster.url("httpfs", [gw]))
     cluster.publish("v1", seed=1)
     syncer.cycle()
-    syncer.repo.set_live("ctr", "v1")
+    syncer.repo.promote("ctr", "v1", time.time())
     cluster.publish("v2", seed=2)
     syncer.cycle()
-    syncer.repo.set_live("ctr", "v2")
-    syncer.repo.rollback("ctr")
+    syncer.repo.promote("ctr", "v2", time.time())
+    syncer.repo.rollback("ctr", expected="v2")
     before = gw.served.file_bytes(exclude=(CHECKSUMS,))
     result = syncer.cycle()
     assert result.status == UNCHANGED and "after a rollback" in result.message

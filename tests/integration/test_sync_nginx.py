@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from scoring.sync.syncer import FAILED, INSTALLED, UNCHANGED
 from scoring.model.manifest import CHECKSUMS
 from scoring.model.package import load_package
+from scoring.sync.syncer import FAILED, INSTALLED, UNCHANGED
 
 from ..fakes.cluster import HdfsCluster
 from ..fakes.nginx import Nginx

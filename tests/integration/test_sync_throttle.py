@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from scoring.sync.syncer import INSTALLED
 
-
 RATE = 2 << 20  # 2 MiB/s
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from scoring.sync.syncer import FAILED, INSTALLED, UNCHANGED
 from scoring.model.manifest import CHECKSUMS
 from scoring.model.package import load_package
-
+from scoring.sync.syncer import FAILED, INSTALLED, UNCHANGED
 
 
 def test_open_follows_the_307_to_the_datanode(cluster, make_syncer):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from scoring.errors import InvalidRequest, NotReady, UpstreamError, UpstreamTimeout
-from scoring.upstream.config import parse_models_config
 from scoring.model.reference import reference_scores
+from scoring.upstream.config import parse_models_config
 from scoring.upstream.scorer import TFServingScorer
 
 from ..fakes.tfserving import FakeTFServing

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from scoring.upstream.config import parse_models_config
 from scoring.model.package import load_package
 from scoring.model.reference import reference_scores
+from scoring.upstream.config import parse_models_config
 from scoring.upstream.routing import Router
 
 from ..fakes.tfserving import FakeTFServing

@@ -9,8 +9,8 @@ import time
 import httpx
 
 from bench.procmem import memory, uvicorn_workers, wait_ready_everywhere
-from scoring.model.demo import write_demo
 from scoring.lifecycle.repo import ModelRepo
+from scoring.model.demo import write_demo
 
 from .server import Server
 

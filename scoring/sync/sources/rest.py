@@ -25,6 +25,7 @@ RETRIABLE_STATUS = {408, 429}
 RETRIABLE_EXCEPTIONS = {"StandbyException", "RetriableException", "ObserverRetryOnActiveException",
                         "SafeModeException"}
 USER_AGENT = "ctr-sync/0.1"
+MAX_JSON_BYTES = 1 << 20  # a GETFILESTATUS / LISTSTATUS answer of a package directory is a few KB
 
 
 def new_session() -> requests.Session:
@@ -96,6 +97,24 @@ def iter_body(resp: requests.Response, host: str, what: str) -> Iterator[bytes]:
         raise network_error(exc, host, what) from None
     finally:
         resp.close()
+
+
+def read_capped(resp: requests.Response, host: str, what: str, limit: int = MAX_JSON_BYTES) -> bytes:
+    """A whole (small) answer, refused unread past ``limit`` bytes: a metadata answer is a few KB,
+    and a server that streams more is not one to trust with our memory."""
+    declared = resp.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        resp.close()
+        raise SourceError(f"{what} on {host}: the answer is {declared} bytes, above the "
+                          f"{limit} bytes a metadata answer may have", retriable=False, host=host)
+    body = bytearray()
+    for chunk in iter_body(resp, host, what):
+        body += chunk
+        if len(body) > limit:
+            resp.close()
+            raise SourceError(f"{what} on {host}: the answer is larger than the {limit} bytes a "
+                              "metadata answer may have", retriable=False, host=host)
+    return bytes(body)
 
 
 @contextlib.contextmanager

@@ -60,10 +60,10 @@ class WebHdfsSource(Source):
         resp = rest.get(self.session, self._url(host, rel, op), host, what, timeout=self.timeout)
         if resp.status_code != 200:
             raise rest.response_error(resp, host, what)
+        body = rest.read_capped(resp, host, what)
         try:
-            body = b"".join(rest.iter_body(resp, host, what))
             raw = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise SourceError(f"{what} on {host}: answer is not JSON (is this a WebHDFS/HttpFS "
                               "endpoint?)", retriable=False, host=host) from None
         if not isinstance(raw, dict):

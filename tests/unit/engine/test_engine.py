@@ -9,10 +9,10 @@ import pytest
 
 from scoring.engine import Engine
 from scoring.errors import InvalidRequest
-from scoring.model.package import load_package
-from scoring.model.writer import write_package
 from scoring.model.export import Group, export_numpy
+from scoring.model.package import load_package
 from scoring.model.reference import mlp_forward, mlp_input, reference_scores
+from scoring.model.writer import write_package
 
 from ...models import make_model, random_request
 

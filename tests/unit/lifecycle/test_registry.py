@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
 
 from scoring.errors import ModelNotFound, NotReady, ScoringError
-from scoring.serving.metrics import Metrics
-from scoring.model.manifest import PackageError
 from scoring.lifecycle.loader import LiveModel
 from scoring.lifecycle.registry import Registry
 from scoring.lifecycle.repo import ModelRepo
+from scoring.model.checksums import ChecksumError
+from scoring.model.manifest import PackageError
+from scoring.serving.metrics import Metrics
+
+from ...readonly import read_only
 
 
 class FakeScorer:
@@ -25,18 +31,23 @@ class FakeScorer:
 
 
 class FakeLoader:
-    """Loads any version; versions in ``bad`` raise PackageError, in ``broken`` RuntimeError."""
+    """Loads any version; versions in ``bad`` raise PackageError, in ``broken`` RuntimeError; a
+    version directory holding a file ``.partial`` is an unfinished copy (ChecksumError)."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.threads: list[str] = []
         self.bad: set[str] = set()
         self.broken: set[str] = set()
         self.during: dict[str, Callable[[], object]] = {}
 
     def __call__(self, name: str, version: str, path: str) -> LiveModel:
         self.calls.append(version)
+        self.threads.append(threading.current_thread().name)
         if version in self.during:
             self.during.pop(version)()
+        if (Path(path) / "partial").exists():
+            raise ChecksumError("emb/x.npy: listed in checksums.md5 but missing")
         if version in self.bad:
             raise PackageError(f"emb/x.npy: md5 mismatch in {version}")
         if version in self.broken:
@@ -49,6 +60,19 @@ def install(repo: ModelRepo, version: str, name: str = "ctr") -> None:
     staged = repo.staging_dir(name)
     (staged / "manifest.json").write_text("{}")
     repo.install(name, staged, version)
+
+
+def copy_in(repo: ModelRepo, version: str, *, partial: bool = False, name: str = "ctr") -> Path:
+    """A version directory put in place by hand (``cp -a``: last month's mtimes), maybe half done."""
+    dest = repo.model_dir(name) / version
+    dest.mkdir(parents=True)
+    (dest / "manifest.json").write_text("{}")
+    if partial:
+        (dest / "partial").write_text("the copy is still running")
+    old = time.time() - 30 * 86400
+    for p in (dest, *dest.iterdir()):
+        os.utime(p, (old, old))
+    return dest
 
 
 @pytest.fixture
@@ -104,7 +128,7 @@ def test_an_invalid_version_never_goes_live_and_is_not_retried(repo):
     for _ in range(3):
         reg.sync_all()
     assert loader.calls == ["v1", "v2"]
-    assert "md5 mismatch" in repo.state("ctr").rejected["v2"]
+    assert "md5 mismatch" in repo.state("ctr").rejected["v2"].reason
     assert reg.metrics.loads.labels("ctr", "failed")._value.get() == 1
     # another process following the repository does not try it either
     other, other_loader = make(repo)
@@ -174,7 +198,7 @@ def test_a_load_overtaken_by_a_rollback_is_not_served(repo):
     other, _ = make(repo)
     other.sync_all()  # another process made v3 live; this one follows it, and while it loads
     # v3 an operator rolls back (to v2) through the other process: the newer decision wins
-    loader.during["v3"] = lambda: repo.rollback("ctr")
+    loader.during["v3"] = lambda: repo.rollback("ctr", expected="v3")
     result = reg.sync("ctr")
     assert result.live == "v2" and not result.changed
     assert reg.get("ctr").version == "v2"
@@ -266,6 +290,8 @@ def test_an_old_version_is_released_once_no_request_holds_it(tmp_path, small_mod
     assert old() is not None  # a request still holds v1
     assert held.scorer.score({}, [{"features": {}, "dense": [0, 0, 0]}]).shape == (1,)
     del held
+    assert old() is not None  # kept for the worker to release, off the request path
+    assert reg.release_retired() == 1
     assert old() is None
 
 
@@ -274,3 +300,123 @@ def test_an_empty_model_list_serves_no_repository_model(repo):
     reg, loader = make(repo, models=[])
     reg.sync_all()
     assert loader.calls == [] and reg.names() == []
+
+
+def test_a_version_copied_in_by_hand_goes_live(repo):
+    reg, loader = make(repo)
+    reg.sync_all()
+    copy_in(repo, "v2")  # older mtimes than v1, which the syncer installed just now
+    assert reg.sync("ctr").live == "v2" and reg.get("ctr").version == "v2"
+    assert loader.calls == ["v1", "v2"]
+
+
+def test_a_half_copied_version_goes_live_once_the_copy_is_complete(repo):
+    reg, loader = make(repo)
+    reg.sync_all()
+    half = copy_in(repo, "v2", partial=True)
+    result = reg.sync("ctr")
+    assert result.failed[0] == "v2" and reg.get("ctr").version == "v1"
+    assert repo.state("ctr").rejected["v2"].content is False  # files, not the export, were bad
+    for _ in range(3):  # while it stays as it is, nobody retries it
+        assert reg.sync("ctr").live == "v1"
+    assert loader.calls == ["v1", "v2"]
+    (half / "partial").unlink()  # the copy completes
+    (half / "table.npy").write_bytes(b"x" * 100)
+    waiting = reg.sync("ctr")  # changed since the rejection: wait until it stops changing
+    assert not waiting.changed and "tried again once they stop changing" in waiting.reason
+    assert reg.sync("ctr").live == "v2" and loader.calls == ["v1", "v2", "v2"]
+    assert "v2" not in repo.state("ctr").rejected or not repo.is_rejected("ctr", "v2")
+
+
+def test_reload_retries_a_rejected_version_and_says_why_when_nothing_changed(repo):
+    reg, loader = make(repo)
+    reg.sync_all()
+    first = reg.reload("ctr")
+    assert not first.changed and first.reason == "version 'v1' is live and is the newest version in the repository"
+    install(repo, "v2")
+    loader.bad.add("v2")
+    assert reg.sync("ctr").failed[0] == "v2"
+    loader.calls.clear()
+    again = reg.reload("ctr")  # an operator asks: tried again, and the answer says what happened
+    assert loader.calls == ["v2"] and again.failed[0] == "v2" and again.live == "v1"
+    quiet = reg.sync("ctr")
+    assert not quiet.changed and quiet.reason.startswith("version 'v2' was rejected: emb/x.npy: md5 mismatch")
+    loader.bad.clear()  # say the operator fixed what the loader choked on
+    assert reg.reload("ctr").live == "v2"
+
+
+def test_rollback_sticks_and_a_new_copy_after_it_goes_live(repo):
+    reg, _ = serving_v2(repo)
+    assert reg.rollback("ctr").live == "v1"
+    after = reg.reload("ctr")
+    assert after.live == "v1" and "rolled back to 'v1'" in after.reason and "v2" in after.reason
+    copy_in(repo, "v3")
+    assert reg.sync("ctr").live == "v3"
+
+
+def test_a_rollback_retried_on_another_worker_steps_back_once(repo):
+    a, _ = make(repo)
+    b, b_loader = make(repo)
+    for v in ("v2", "v3"):
+        install(repo, v)
+        a.sync_all()
+        b.sync_all()
+    assert a.get("ctr").version == b.get("ctr").version == "v3"
+    first = a.rollback("ctr")
+    assert (first.live, first.rolled_back_from, first.changed) == ("v2", "v3", True)
+    # the client timed out and retried; the retry lands on worker b, which still serves v3
+    retry = b.rollback("ctr")
+    assert retry.live == "v2" and "already rolled back from 'v3' to 'v2'" in retry.reason
+    assert b.get("ctr").version == "v2" and repo.state("ctr").live == "v2"
+    # a retry on the first worker that names its target is a no-op too
+    assert a.rollback("ctr", to="v2").reason == "already rolled back from 'v3' to 'v2'"
+    # one that expects what no longer serves is refused with the live version named
+    with pytest.raises(ScoringError, match="the live version is 'v2', not 'v3'") as err:
+        a.rollback("ctr", expected="v3", to="v1")
+    assert err.value.status_code == 409 and a.get("ctr").version == "v2"
+
+
+def test_the_demo_model_never_wins_over_a_real_model(tmp_path):
+    repo = ModelRepo(tmp_path / "repo")
+    install(repo, "seed0", name="demo")
+    reg, _ = make(repo)
+    reg.sync_all()
+    assert reg.default().name == "demo"  # alone, it serves POST /v1/score
+    install(repo, "v1", name="ctr")  # a real model is synced in beside it
+    reg.sync_all()
+    assert reg.default().name == "ctr"
+    restarted, _ = make(repo)
+    restarted.sync_all()
+    assert restarted.default().name == "ctr"
+
+
+def test_model_work_runs_on_the_idle_worker_whoever_asks(repo):
+    reg, loader = make(repo, poll_interval=30)
+    reg.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not reg.ready()[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        install(repo, "v2")
+        assert reg.reload("ctr").live == "v2"  # asked from this thread, done on the worker
+        install(repo, "v3")
+        reg.poke("ctr")
+        while reg.get("ctr").version != "v3" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reg.rollback("ctr").live == "v2"
+        assert set(loader.threads) == {"model-registry"}
+        assert reg.priority in ("SCHED_IDLE", "nice 19")
+    finally:
+        reg.stop()
+
+
+def test_a_read_only_repository_is_served_without_reloading_in_a_loop(tmp_path, caplog):
+    repo = ModelRepo(tmp_path / "repo")
+    copy_in(repo, "v1")
+    with read_only(repo.root):
+        reg, loader = make(repo)
+        for _ in range(4):
+            reg.sync_all()
+        assert reg.get("ctr").version == "v1" and loader.calls == ["v1"]
+        assert reg.describe("ctr")["repository_read_only"].startswith("cannot")
+    assert sum("not writable" in r.getMessage() for r in caplog.records) == 1

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch  # installed by the README's test command (torch==2.13.0)
+from torch import nn
 
 from scoring.engine import Engine
+from scoring.engine.features import hash_string
 from scoring.model.export import Group, export_numpy, export_torch
 from scoring.model.manifest import PackageError
 from scoring.model.package import load_package
 from scoring.model.reference import reference_scores
-from scoring.engine.features import hash_string
-
-import torch  # installed by the README's test command (torch==2.13.0)
-from torch import nn
 
 
 def _torch_model(seed: int):

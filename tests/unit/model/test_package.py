@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scoring.model.checksums import format_checksums, md5_file, package_files, verify_checksums
+from scoring.model.checksums import (
+    format_checksums,
+    md5_file,
+    package_files,
+    verify_checksums,
+)
 from scoring.model.manifest import CHECKSUMS, MANIFEST, PackageError
 from scoring.model.package import load_package
 

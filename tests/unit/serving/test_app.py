@@ -4,7 +4,6 @@ generic 500, settings from the environment and the command line."""
 from __future__ import annotations
 
 import os
-
 import warnings
 
 import numpy as np
@@ -14,11 +13,11 @@ with warnings.catch_warnings():  # starlette's TestClient says it prefers httpx2
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from scoring.serving.app import create_app
-from scoring.serving.cli import build_parser, settings_from_args
 from scoring.lifecycle.loader import LiveModel
 from scoring.lifecycle.registry import Registry
 from scoring.lifecycle.repo import ModelRepo
+from scoring.serving.app import create_app
+from scoring.serving.cli import build_parser, settings_from_args
 from scoring.serving.settings import Settings
 
 

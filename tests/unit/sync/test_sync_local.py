@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import shutil
 
+from scoring.model.package import load_package
 from scoring.sync import SyncConfig, start_background_sync
 from scoring.sync.syncer import FAILED, INSTALLED, UNCHANGED, Syncer
-from scoring.model.package import load_package
 
 from ...models import make_model
 

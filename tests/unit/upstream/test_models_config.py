@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from scoring.upstream.config import ConfigError, NativeModel, TFServingModel, load_models_config, parse_models_config
+from scoring.upstream.config import (
+    ConfigError,
+    NativeModel,
+    TFServingModel,
+    load_models_config,
+    parse_models_config,
+)
 
 TF = {"name": "deep", "kind": "tfserving", "urls": ["http://tfs-1:8501", "http://tfs-2:8501/"],
       "fallback": "ctr"}

@@ -10,7 +10,14 @@ import pytest
 
 from scoring.engine.features import hash_string
 from scoring.upstream.config import Features, InputMapping
-from scoring.upstream.payload import BadResponse, from_int64, parse_predictions, predict_body, request_tensors, to_int64
+from scoring.upstream.payload import (
+    BadResponse,
+    from_int64,
+    parse_predictions,
+    predict_body,
+    request_tensors,
+    to_int64,
+)
 from scoring.upstream.scorer import layout_of
 
 FEATURES = Features(("user_id", "city"), ("ad_id", "category"), 2)
