@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> dict:
         print(_row(res), flush=True)
     return {"rows": rows, "gemm_peak_gflops": peak, "flops_per_ad": flops_full,
             "flops_per_ad_context_split_batch_inf": flops_split,
-            "machine": {"cpu": _cpu_name(), "python": platform.python_version(),
+            "machine": {"cpu": cpu_model(), "python": platform.python_version(),
                         "numpy": np.__version__},
             "command": " ".join(["python -m bench.engine"] + sys.argv[1:])}
 
@@ -198,7 +198,7 @@ def _values(ids, keys, lens, n_slots: int, row: int) -> dict[int, list[int]]:
     return out
 
 
-def _cpu_name() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

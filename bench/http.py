@@ -76,11 +76,11 @@ def free_port() -> int:
 
 
 def start(cmd: list[str], port: int, ready: str, cpu: int | None, log: Path,
-          timeout: float = 180) -> subprocess.Popen:
+          timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.Popen:
     if cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu)] + cmd
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -91,16 +91,19 @@ def feature_id(value: Any, where: str) -> int:
         if 0 <= value <= MAX_ID:
             return value
         raise InvalidRequest(f"{where}: integer id must be 0 <= id < 2**64, got {value}")
-    raise InvalidRequest(f"{where}: expected a string or an integer id, got {_describe(value)}")
+    raise InvalidRequest(f"{where}: expected a string or an integer id, got {describe_value(value)}")
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """What a JSON value is, for an error message: ``null``, ``a float (1.5)``, ``a list``..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, float):
         return f"a float ({value!r})"
+    if isinstance(value, int):
+        return f"an integer out of range ({value if abs(value) < 10**30 else 'more than 30 digits'})"
     if isinstance(value, Mapping):
         return "an object"
     if isinstance(value, (list, tuple)):
@@ -223,13 +226,13 @@ class FeatureLayout:
     def _explain(self, context: Any, ads: Any) -> None:
         if context is not None and not isinstance(context, Mapping):
             raise InvalidRequest(f"context: expected an object of group -> value(s), "
-                                 f"got {_describe(context)}")
+                                 f"got {describe_value(context)}")
         for name, value in (context or {}).items():
             if name not in self.ctx_slot:
                 raise InvalidRequest(self._unknown(name, "context", "context"))
             _check_value(value, f"context.{name}")
         if not isinstance(ads, Sequence) or isinstance(ads, (str, bytes)):
-            raise InvalidRequest(f"ads: expected a list of ads, got {_describe(ads)}")
+            raise InvalidRequest(f"ads: expected a list of ads, got {describe_value(ads)}")
         for row, ad in enumerate(ads):
             if isinstance(ad, Mapping):
                 features, dense = ad.get("features"), ad.get("dense")
@@ -237,11 +240,11 @@ class FeatureLayout:
                 features, dense = ad.features, getattr(ad, "dense", None)
             else:
                 raise InvalidRequest(f"ads[{row}]: expected an object with 'features', "
-                                     f"got {_describe(ad)}")
+                                     f"got {describe_value(ad)}")
             where = f"ads[{row}].features"
             if features is not None and not isinstance(features, Mapping):
                 raise InvalidRequest(f"{where}: expected an object of group -> value(s), "
-                                     f"got {_describe(features)}")
+                                     f"got {describe_value(features)}")
             for name, value in (features or {}).items():
                 if name not in self.ad_slot:
                     raise InvalidRequest(self._unknown(name, "ad", where))
@@ -253,17 +256,17 @@ class FeatureLayout:
         if not dim:
             if dense:
                 raise InvalidRequest(f"ads[{row}].dense: this model takes no dense features "
-                                     f"(dense_dim 0), got {_describe(dense)}")
+                                     f"(dense_dim 0), got {describe_value(dense)}")
             return
         if type(dense) is not list or len(dense) != dim:
             got = ("nothing (field missing)" if dense is None else
-                   f"{len(dense)} values" if type(dense) is list else _describe(dense))
+                   f"{len(dense)} values" if type(dense) is list else describe_value(dense))
             raise InvalidRequest(f"ads[{row}].dense: expected a list of {dim} finite numbers, "
                                  f"got {got}")
         for i, v in enumerate(dense):
             t = type(v)
             if t is not float and t is not int:
-                raise InvalidRequest(f"ads[{row}].dense[{i}]: expected a number, got {_describe(v)}")
+                raise InvalidRequest(f"ads[{row}].dense[{i}]: expected a number, got {describe_value(v)}")
             if not -DENSE_LIMIT <= v <= DENSE_LIMIT:
                 raise InvalidRequest(f"ads[{row}].dense[{i}]: expected a finite number with "
                                      f"|value| <= {DENSE_LIMIT:g}, got {v!r}")
@@ -285,4 +288,4 @@ def _check_value(value: Any, where: str) -> None:
         feature_id(value, where)
     else:
         raise InvalidRequest(f"{where}: expected a string, an integer id or a list of them, "
-                             f"got {_describe(value)}")
+                             f"got {describe_value(value)}")

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Union
 import msgspec
 import orjson
 
-from ..engine.features import DENSE_LIMIT
+from ..engine.features import DENSE_LIMIT, describe_value
 from ..errors import InvalidRequest, MalformedRequest, PayloadTooLarge
 
 ScalarValue = Union[str, int]
@@ -179,15 +179,9 @@ def _is_id(v: Any) -> bool:
 
 
 def _kind(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return f"a boolean ({str(v).lower()})"
     if isinstance(v, _HugeInt):
         return "an integer of more than 4,000 digits"
-    if isinstance(v, int):
-        return f"an integer out of range ({v if abs(v) < 10**30 else 'more than 30 digits'})"
-    return {dict: "an object", list: "a list", float: f"a float ({v!r})"}.get(type(v), type(v).__name__)
+    return describe_value(v)
 
 
 def error_json(message: str) -> bytes:
