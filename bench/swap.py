@@ -29,6 +29,7 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -189,6 +190,8 @@ def in_process(repo: ModelRepo, bodies: list[bytes], rate: float, n_swaps: int, 
         staged = [(stage(repo, SEEDS[(first + k) % len(SEEDS)], f"v{first + k}"), f"v{first + k}")
                   for k in range(n_swaps)]
         os.sync()
+        gc.collect()
+        gc.freeze()  # as the service after a load: this process's own objects out of the GC's way
         period, sent, lat, installs = 1.0 / rate, [], [], []
         t0 = time.perf_counter()
         plan = [t0 + steady_s + k * gap_s for k in range(n_swaps)]
@@ -228,8 +231,9 @@ def in_process(repo: ModelRepo, bodies: list[bytes], rate: float, n_swaps: int, 
 
 def run(args: argparse.Namespace) -> dict:
     steady_s, gap_s, n_swaps = (5.0, 3.5, 3) if args.quick else (10.0, 4.0, 8)
+    n_swaps = args.swaps or n_swaps
     loads = [float(x) for x in args.loads.split(",")]
-    triggers = args.triggers.split(",")
+    triggers = [x for x in args.triggers.split(",") if x and x != "none"]
     root = RESULTS / "swap-repo"
     shutil.rmtree(root, ignore_errors=True)
     repo = ModelRepo(root)
@@ -275,7 +279,8 @@ def run(args: argparse.Namespace) -> dict:
                       f"non-200 {result['non_200']}", flush=True)
         finally:
             stop(proc)
-    return {"cpu": cpu_model(), "python": platform.python_version(), "max_rps": round(maximum, 1),
+    return {"cpu": cpu_model(), "python": platform.python_version(),
+            "max_rps": round(maximum, 1) if maximum else None,
             "model_mb": round(model_bytes / 2**20, 1), "phases": phases, "in_process": inproc}
 
 
@@ -362,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="three swaps per phase, short phases")
     parser.add_argument("--loads", default="0.2,0.5", help="shares of the maximum (default 0.2,0.5)")
-    parser.add_argument("--triggers", default="poll,reload", help="poll, reload or both")
+    parser.add_argument("--triggers", default="poll,reload",
+                        help="poll, reload, both, or none (only the in-process measurement)")
+    parser.add_argument("--swaps", type=int, default=0, help="swaps per phase (default 8; 3 quick)")
     parser.add_argument("--no-in-process", action="store_true",
                         help="skip the in-process measurement (registry + engine without HTTP)")
     parser.add_argument("--json", type=Path, default=None)

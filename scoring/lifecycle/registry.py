@@ -181,7 +181,9 @@ class Registry:
             self._jobs.put((lambda: self.sync(name), None))
 
     def _on_worker(self, fn: Callable[[], T]) -> T:
-        if self._thread is None or threading.current_thread() is self._thread:
+        """Run ``fn`` on the worker and wait for it (here when there is no worker, or it stops)."""
+        if (self._thread is None or self._stop.is_set()
+                or threading.current_thread() is self._thread):
             return fn()
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._jobs.put((fn, future))
