@@ -134,7 +134,7 @@ class Registry:
             failure = self._last_failure.get(name)
             why = f" (last failure: version {failure[0]}: {failure[1]})" if failure else ""
             return NotReady(f"model {name!r} is not loaded yet{why}")
-        return ModelNotFound(f"model {name!r} is not served here; GET /v1/models lists the models")
+        return ModelNotFound(f"model {name[:128]!r} is not served here; GET /v1/models lists the models")
 
     def _in_repo(self, name: str) -> bool:
         try:

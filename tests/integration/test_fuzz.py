@@ -209,3 +209,57 @@ def test_random_documents_never_5xx(fuzz_server, body, model):
        model=st.sampled_from(["plain", "ctr"]))
 def test_random_bytes_never_5xx(fuzz_server, raw, model):
     _check(fuzz_server, PATHS[model], raw)
+
+
+# -- every other parsing path: request line, path, query, headers, admin endpoints --------------
+
+def _raw(server: Server, request: bytes) -> tuple[int, bytes]:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+        while length and len(rest) < int(length.group(1)):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    return int(head[9:12]), rest
+
+
+def test_hostile_paths_queries_and_headers_on_every_endpoint(fuzz_server):
+    from .server import ADMIN_TOKEN
+
+    auth = f"Authorization: Bearer {ADMIN_TOKEN}\r\n".encode()
+    targets = [b"GET /v1/models/%ff%fe", b"GET /v1/models/%00", b"GET /v1/models/" + b"a" * 5000,
+               b"POST /v1/models/%ff/reload", b"POST /v1/models/ctr/rollback?to=%ff%fe",
+               b"POST /v1/models/ctr/rollback?to=" + b"v" * 5000, b"POST /v1/models/ctr/rollback?from=..",
+               b"POST /v1/models/ctr/rollback?to=v1&to=v2&from=%00", b"POST /v1/models/../../etc/passwd/reload",
+               b"GET /readyz?x=%ff", b"GET /metrics?%%%", b"POST /v1/models/%ff/score", b"GET /v1/score",
+               b"POST /v1/models/ctr/score?x=\xff", b"GET /v1/models/ctr%2Fscore"]
+    headers = [auth, b"Authorization: Bearer \xff\xfe\r\n", b"Authorization: \xff\r\n",
+               b"Content-Type: \xff/\xfe\r\n" + auth, b"Content-Type: application/json; charset=\xff\r\n"]
+    statuses = []
+    for target in targets:
+        for extra in headers:
+            body = b'{"ads":[]}'
+            request = (target + b" HTTP/1.1\r\nHost: x\r\n" + extra
+                       + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            status, answer = _raw(fuzz_server, request)
+            assert status < 500, (request[:200], status, answer[:300])
+            if status != 200 and answer != b"Invalid HTTP request received.":  # uvicorn's own parser
+                assert isinstance(json.loads(answer)["error"], str), (request[:200], answer[:300])
+            statuses.append(status)
+    for length in (b"-1", b"99999999999999999999", b"abc", b"1e3"):
+        status, _ = _raw(fuzz_server, b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                      b"Content-Length: " + length + b"\r\nConnection: close\r\n\r\n{}")
+        assert status in (400, 413, 422), (length, status)
+    assert {400, 401, 404, 422} <= set(statuses), sorted(set(statuses))
+    _no_crash_logged(fuzz_server)
