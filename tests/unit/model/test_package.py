@@ -187,3 +187,27 @@ def test_symlinked_array_is_rejected(pkg_dir, tmp_path):
 def test_verify_checksums_lists_every_file(pkg_dir):
     sums = verify_checksums(pkg_dir)
     assert MANIFEST in sums and "emb/ad_id.npy" in sums and CHECKSUMS not in sums
+
+
+def test_a_manifest_above_one_mebibyte_is_refused_unread(pkg_dir):
+    _edit_manifest(pkg_dir, lambda m: m.update(notes="x" * (1 << 20)))
+    with pytest.raises(PackageError, match=r"manifest.json: larger than 1048576 bytes"):
+        load_package(pkg_dir)
+
+
+def test_an_unfinished_copy_is_a_checksum_error_and_a_bad_export_is_not(pkg_dir, tmp_path):
+    from scoring.model.checksums import ChecksumError
+
+    half = tmp_path / "half"
+    shutil.copytree(pkg_dir, half)
+    data = (half / MANIFEST).read_bytes()
+    (half / MANIFEST).write_bytes(data[: len(data) // 2])  # the manifest itself cut off
+    with pytest.raises(ChecksumError, match="manifest.json: md5 mismatch"):
+        load_package(half)
+    (half / CHECKSUMS).unlink()  # checksums.md5 not copied yet
+    with pytest.raises(ChecksumError, match="checksums.md5: missing"):
+        load_package(half)
+    _edit_manifest(pkg_dir, lambda m: m["layers"][0].update(activation="tanh"))
+    with pytest.raises(PackageError) as bad:  # intact files, invalid export
+        load_package(pkg_dir)
+    assert not isinstance(bad.value, ChecksumError)
