@@ -75,10 +75,6 @@ class ModelRepo:
     def path(self, name: str, version: str) -> Path:
         return self.model_dir(name) / check_name(version, "version")
 
-    def relative(self, name: str, version: str) -> str:
-        """``<name>/<version>``: where a version is, as the API shows it (no host paths)."""
-        return f"{name}/{version}"
-
     def _present(self, name: str) -> list[str]:
         mdir = self.model_dir(name)
         if not mdir.is_dir():
@@ -151,12 +147,6 @@ class ModelRepo:
 
     def state(self, name: str) -> ModelState:
         return self.state_file(name).read()
-
-    @contextlib.contextmanager
-    def locked(self, name: str):
-        """An exclusive lock on one model's state (across processes)."""
-        with self.state_file(name).locked():
-            yield
 
     def promote(self, name: str, version: str, decided_at: float) -> str | None:
         """Record ``version`` as live, as decided at ``decided_at`` (when the caller read
