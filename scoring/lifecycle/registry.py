@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from ..errors import ModelNotFound, NotReady, ScoringError
@@ -47,6 +48,8 @@ from .repo import ModelRepo, RollbackConflict
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL = 0.001  # seconds; see Registry.start
+WAIT_LIMIT = 600.0       # seconds an admin call waits for the worker before it answers 503
+ROLLBACK_RETRY_WINDOW = 30.0  # seconds in which a bare rollback repeated is taken for a retry
 RETIRED_MAX_AGE = 60.0   # seconds a replaced version may be held by others before we let go
 T = TypeVar("T")
 
@@ -111,22 +114,21 @@ class Registry:
 
     def default(self) -> LiveModel:
         """The model ``POST /v1/score`` uses: the configured default, else the only model served.
-        The built-in demo never wins over a real model: it is the default only when it is alone."""
+        The built-in demo never wins over a real model, loaded or not: it is the default only
+        when it is the only model there is."""
         name = self._default_name
         if name is None:
             live = self._live
-            if len(live) == 1:
-                return next(iter(live.values()))
             real = sorted((set(self._expected or ()) | set(live)) - {DEMO_NAME})
             if len(real) == 1:
                 name = real[0]
-            elif not real and DEMO_NAME in live:
-                name = DEMO_NAME
-            elif not live:
-                raise NotReady("not ready: no model is loaded yet")
-            else:
-                raise ModelNotFound(f"several models are served ({sorted(live)}); name one in the "
+            elif real:
+                raise ModelNotFound(f"several models are served ({real}); name one in the "
                                     "path (/v1/models/{name}/score) or set CTR_DEFAULT_MODEL")
+            elif DEMO_NAME in live:
+                name = DEMO_NAME
+            else:
+                raise NotReady("not ready: no model is loaded yet")
         return self.get(name)
 
     def _missing(self, name: str) -> ScoringError:
@@ -170,8 +172,11 @@ class Registry:
         if not self._in_repo(name):
             raise ModelNotFound(f"model {name!r} is not in the model repository")
         current = self._live.get(name)
+        # without `from` or `to`, a repeat within a short window is taken for a retry of the
+        # same call: it changes nothing (stepping back further takes ?to=)
+        window = ROLLBACK_RETRY_WINDOW if expected is None and to is None else 0.0
         expected = expected if expected is not None else (current.version if current else None)
-        return self._on_worker(lambda: self._rollback(name, to, expected))
+        return self._on_worker(lambda: self._rollback(name, to, expected, window))
 
     def poke(self, name: str) -> None:
         """Look at ``name`` soon, on the worker (the syncer installed a version); returns at once."""
@@ -181,13 +186,30 @@ class Registry:
             self._jobs.put((lambda: self.sync(name), None))
 
     def _on_worker(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the worker and wait for it (here when there is no worker, or it stops)."""
-        if (self._thread is None or self._stop.is_set()
-                or threading.current_thread() is self._thread):
+        """Run ``fn`` on the worker and wait for it (here when there is no worker). A worker that
+        stops fails what is queued; a wait past ``WAIT_LIMIT`` answers 503 (the work goes on)."""
+        if self._thread is None or threading.current_thread() is self._thread:
             return fn()
+        if self._stop.is_set():
+            raise NotReady("the service is shutting down")
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._jobs.put((fn, future))
-        return future.result()
+        if self._stop.is_set():  # stopped while we queued: the worker may be gone
+            self._fail_queued()
+        try:
+            return future.result(timeout=WAIT_LIMIT)
+        except concurrent.futures.TimeoutError:
+            raise NotReady(f"the model registry is still working after {WAIT_LIMIT:.0f} s (a load "
+                           "in progress); GET /v1/models shows when it is done") from None
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                _, future = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if future is not None and future.set_running_or_notify_cancel():
+                future.set_exception(NotReady("the service is shutting down"))
 
     # -- following the repository -------------------------------------------------------------
 
@@ -234,23 +256,28 @@ class Registry:
             return self._load_and_swap(name, wanted, decided_at, current, fingerprint)
 
     def _reload(self, name: str) -> SyncResult:
-        if self._expected is not None and name not in self._expected:
-            self._expected.append(name)
         self._failed.pop(name, None)
         for key in [k for k in self._settling if k[0] == name]:
             del self._settling[key]
         cleared = self.repo.clear_rejections(name)
         if cleared:
             log.info("model %r: reload: trying rejected version(s) %s again", name, cleared)
-        return self.sync(name)
+        result = self.sync(name)
+        if self._expected is not None and name not in self._expected and name in self._live:
+            self._expected.append(name)  # a model brought in by hand: readiness follows it now
+        return result
 
-    def _rollback(self, name: str, to: str | None, expected: str | None) -> SyncResult:
+    def _rollback(self, name: str, to: str | None, expected: str | None,
+                  window: float = 0.0) -> SyncResult:
         with self._lock(name):
             current = self._live.get(name)
             state = self.repo.observe(name)
             target = to
             loaded: LiveModel | None = None
-            if expected is None or state.live == expected:  # a fresh rollback: load before recording
+            last = state.last_rollback or {}
+            retry = (window > 0 and last.get("to") == state.live
+                     and time.time() - float(last.get("at", 0.0)) < window)
+            if not retry and (expected is None or state.live == expected):  # load before recording
                 target = to if to is not None else self.repo.previous(name, state)
                 if target is None:
                     raise ScoringError(f"model {name!r}: no previous version is kept in the "
@@ -268,7 +295,7 @@ class Registry:
             # record it as one compare-and-set; a retry (or another worker's copy of this call)
             # finds it done and changes nothing
             try:
-                done = self.repo.rollback(name, expected, target)
+                done = self.repo.rollback(name, expected, target, retry_window=window)
             except RollbackConflict as exc:
                 raise ScoringError(f"{exc}; GET /v1/models/{name} shows the live version, and "
                                    "POST .../rollback?to=<version> names the target", 409) from None
@@ -285,7 +312,8 @@ class Registry:
             if loaded is not None and loaded.version == done.to_version:
                 self._swap_in(loaded, current)
             reason = None if done.changed else (
-                f"already rolled back from {done.from_version!r} to {done.to_version!r}"
+                f"already rolled back from {done.from_version!r} to {done.to_version!r}; to step "
+                "back further, name the version: POST .../rollback?to=<version>"
                 if done.from_version else f"version {done.to_version!r} is already live")
             changed = current is None or current.version != done.to_version
             return SyncResult(name, done.to_version, changed=changed, reason=reason,
@@ -301,7 +329,7 @@ class Registry:
         try:
             model = self.loader(name, version, str(self.repo.path(name, version)))
         except Exception as exc:  # any failure: the version is bad here; keep serving
-            reason = str(exc) if isinstance(exc, (PackageError, OSError)) else f"{type(exc).__name__}: {exc}"
+            reason = self._reason(exc)
             current = self._live.get(name)
             log.error("model %r: version %r failed to load, keeping %r: %s", name, version,
                       current.version if current else None, reason,
@@ -321,6 +349,20 @@ class Registry:
         if self.metrics:
             self.metrics.model_loaded(name, time.perf_counter() - t0, ok=True)
         return model, ""
+
+    def _reason(self, exc: Exception) -> str:
+        """A load failure in words, with paths relative to the repository (the API shows it)."""
+        if isinstance(exc, PackageError):
+            return str(exc)
+        text = f"{exc.strerror or exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        filename = getattr(exc, "filename", None)
+        if isinstance(exc, OSError) and filename:
+            try:
+                where = Path(filename).resolve().relative_to(self.repo.root.resolve())
+            except (ValueError, OSError):
+                where = Path(filename).name
+            text = f"{where}: {text}"
+        return text.replace(str(self.repo.root.resolve()), "<repo>").replace(str(self.repo.root), "<repo>")
 
     def _load_and_swap(self, name: str, version: str, decided_at: float,
                        current: LiveModel | None, fingerprint: str) -> SyncResult:
@@ -393,8 +435,11 @@ class Registry:
             v = newer_rejected[-1]
             return f"version {v!r} was rejected: {state.rejected[v].reason}"
         if live is None:
-            return "every version in the repository was rejected: " + "; ".join(
-                f"{v}: {state.rejected[v].reason}" for v in rejected[-3:])
+            if rejected and len(rejected) == len(versions):
+                return "every version in the repository was rejected: " + "; ".join(
+                    f"{v}: {state.rejected[v].reason}" for v in rejected[-3:])
+            waiting = [v for v in versions if v not in rejected]
+            return f"loading version {waiting[-1]!r}" if waiting else "loading"
         if newer and state.last_rollback and state.last_rollback.get("to") == live:
             return (f"rolled back to {live!r} at {_iso(state.last_rollback.get('at', 0.0))}; versions "
                     f"seen before the rollback ({', '.join(newer)}) stay off until a new one appears "
@@ -463,6 +508,7 @@ class Registry:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._fail_queued()
 
     def _run(self) -> None:
         self.priority = lower_thread_priority(idle=True)

@@ -27,8 +27,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..model.manifest import PackageError, check_name
+from ..model.manifest import PackageError, check_name, is_valid_name
 from .state import (
+    FORMAT,
     ModelState,
     Rejection,
     StateFile,
@@ -61,13 +62,27 @@ class ModelRepo:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self._states: dict[str, StateFile] = {}
+        self._ignored: set[tuple[str, str]] = set()  # (what, name) already warned about
 
     # -- listing ----------------------------------------------------------------------------
 
     def models(self) -> list[str]:
+        """Model directories; names outside the safe alphabet (``lost+found``, ``x copy``) are
+        not models, and are named once in a warning."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and self._usable(p.name, "model directory"))
+
+    def _usable(self, name: str, what: str) -> bool:
+        if is_valid_name(name):
+            return True
+        if (what, name) not in self._ignored:
+            self._ignored.add((what, name))
+            log.warning("repository %s: ignoring the %s %r: names are 1-128 letters, digits, "
+                        "'_', '-', '.', not starting with '.' or '-'", self.root.name, what, name)
+        return False
+
 
     def model_dir(self, name: str) -> Path:
         return self.root / check_name(name, "model name")
@@ -76,10 +91,12 @@ class ModelRepo:
         return self.model_dir(name) / check_name(version, "version")
 
     def _present(self, name: str) -> list[str]:
+        """Version directories with a usable name (``v2 copy`` is not a version: warned once)."""
         mdir = self.model_dir(name)
         if not mdir.is_dir():
             return []
-        return [p.name for p in mdir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return [p.name for p in mdir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                and self._usable(p.name, f"version directory of model {name!r}")]
 
     def versions(self, name: str, state: ModelState | None = None) -> list[str]:
         """Version directories of a model, oldest first: by when the repository first saw them
@@ -100,24 +117,29 @@ class ModelRepo:
 
     def observe(self, name: str) -> ModelState:
         """Record the first sighting of every version directory not seen before (and forget the
-        ones that are gone); returns the state."""
+        ones that are gone); returns the state. A state written by the first release (which
+        ordered unrecorded versions by mtime) has its unrecorded versions taken as seen before
+        its last decision, so an upgrade does not put an old copy live."""
         sf = self.state_file(name)
         state = sf.read()
         present = set(self._present(name))
-        if present == set(state.installed) or not self.model_dir(name).is_dir():
+        if not self.model_dir(name).is_dir() or (
+                state.format >= FORMAT and present == set(state.installed)):
             return state
         with sf.locked():
             state = sf.read()
             now = time.time()
+            stamp = min(now, state.live_since) if state.format < FORMAT and state.live else now
             new = sorted(present - set(state.installed))
             gone = set(state.installed) - present
-            if not new and not gone:
+            if not new and not gone and state.format >= FORMAT:
                 return state
             for v in new:
-                state.installed[v] = now
+                state.installed[v] = stamp
             for v in gone:
                 state.installed.pop(v, None)
                 state.rejected.pop(v, None)
+            state.format = FORMAT
             sf.write(state)
         if new:
             log.info("model %r: found version(s) %s in the repository", name, new)
@@ -175,13 +197,16 @@ class ModelRepo:
                 return v
         return None
 
-    def rollback(self, name: str, expected: str | None, to: str | None = None) -> Rollback:
+    def rollback(self, name: str, expected: str | None, to: str | None = None, *,
+                 retry_window: float = 0.0) -> Rollback:
         """Make an earlier version live again, as one compare-and-set.
 
         ``expected`` is the version the caller sees live; ``to`` the target (default: the
         previous live version). If the live version is no longer ``expected`` because this very
         rollback was already done (a retried call, or the same call on another worker), nothing
         changes and ``changed`` is False; if it moved for another reason, :class:`RollbackConflict`.
+        With ``retry_window`` > 0 and no ``to``, a rollback recorded less than that many seconds
+        ago that left the live version as it is now is taken for this one (a retried call).
         Versions present now count as seen before the rollback, so it sticks until a new one
         appears. Raises LookupError when there is nothing to roll back to."""
         self.observe(name)
@@ -189,6 +214,9 @@ class ModelRepo:
         with sf.locked():
             state = sf.read()
             last = state.last_rollback or {}
+            if (to is None and retry_window > 0 and last.get("to") == state.live
+                    and time.time() - float(last.get("at", 0.0)) < retry_window):
+                return Rollback(last.get("from"), state.live, False)
             if to is not None and state.live == to:
                 return Rollback(last.get("from") if last.get("to") == to else None, to, False)
             if expected is not None and state.live != expected:

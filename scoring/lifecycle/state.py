@@ -9,6 +9,8 @@ kept.
 * ``rejected``: version -> :class:`Rejection`, keyed on the version's files (``fingerprint``), so
   a version whose files change (a half-finished copy completed) is tried again.
 * ``last_rollback``: ``{"from", "to", "at"}``, which makes a repeated rollback a no-op.
+* ``format``: 2 (a file without it was written by the first release, which ordered versions it
+  had not recorded by mtime).
 * ``refused``: md5 of a ``checksums.md5`` -> ``{"version", "reason", "at"}``: packages whose every
   file was intact and that still failed validation (in the syncer, or in the service). The syncer
   never downloads the same bytes again, across restarts and ``--once`` runs.
@@ -17,8 +19,9 @@ kept.
 over the old one, and the directory is fsynced: a crash leaves the old state or the new one.
 A file that cannot be parsed is moved aside (``.state.json.unreadable-<time>``) and logged as an
 ERROR, never silently taken as empty and overwritten. A repository this process cannot write
-(a read-only mount, a directory owned by another uid) is served from memory: the state of this
-process lives in memory over whatever the file says, with one WARNING naming the cause.
+(a read-only mount, a directory owned by another uid, a full disk) is served from memory: the
+state of this process lives in memory over whatever the file says, with one WARNING naming the
+cause, and the disk is tried again every minute.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ STATE = ".state.json"
 LOCK = ".lock"
 HISTORY_MAX = 20
 REFUSED_MAX = 100
+READ_ONLY_RETRY = 60.0  # seconds between tries of the disk while the repository is not writable
+FORMAT = 2              # 1: the first release, which ordered unrecorded versions by mtime
 MAX_STATE_BYTES = 16 << 20
 
 
@@ -79,10 +84,11 @@ class ModelState:
     rejected: dict[str, Rejection] = field(default_factory=dict)
     last_rollback: dict[str, Any] | None = None
     refused: dict[str, dict[str, Any]] = field(default_factory=dict)
+    format: int = FORMAT
 
     @classmethod
     def from_json(cls, raw: dict) -> "ModelState":
-        return cls(live=raw.get("live"), live_since=float(raw.get("live_since", 0.0)),
+        return cls(format=int(raw.get("format", 1)), live=raw.get("live"), live_since=float(raw.get("live_since", 0.0)),
                    history=[str(v) for v in raw.get("history", [])],
                    installed={str(k): float(v) for k, v in dict(raw.get("installed", {})).items()},
                    rejected={str(k): Rejection.from_json(v)
@@ -93,7 +99,8 @@ class ModelState:
                             if isinstance(v, dict)})
 
     def to_json(self) -> dict:
-        return {"live": self.live, "live_since": self.live_since, "history": self.history,
+        return {"format": FORMAT, "live": self.live, "live_since": self.live_since,
+                "history": self.history,
                 "installed": self.installed,
                 "rejected": {v: r.to_json() for v, r in self.rejected.items()},
                 "last_rollback": self.last_rollback, "refused": self.refused}
@@ -146,10 +153,13 @@ class StateFile:
     def __init__(self, model_dir: Path, name: str) -> None:
         self.dir = model_dir
         self.name = name
-        self._memory: ModelState | None = None   # set once a write failed: the process's own view
+        self._memory: ModelState | None = None   # set while writes fail: the process's own view
+        self._retry_at = 0.0                     # when to try the disk again
         self.read_only_reason: str | None = None
         self.unreadable: str | None = None       # what happened to an unparsable state file
-        self._local = threading.Lock()
+        self._bad_seen: str | None = None        # md5 of the unparsable bytes already reported
+        self._local = threading.RLock()
+        self._held = threading.local()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -159,34 +169,49 @@ class StateFile:
             return disk
         return _overlay(disk, self._memory)
 
+    def _read_bytes(self) -> bytes | None:
+        with open(self.dir / STATE, "rb") as fh:
+            return fh.read(MAX_STATE_BYTES + 1)
+
     def _read_disk(self) -> ModelState:
-        path = self.dir / STATE
         try:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_STATE_BYTES + 1)
+            data = self._read_bytes()
         except FileNotFoundError:
             return ModelState()
         except OSError as exc:
             self._went_read_only(f"cannot read {STATE} ({exc.strerror or exc})")
             return ModelState()
         try:
-            if len(data) > MAX_STATE_BYTES:
-                raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
-            raw = json.loads(data)
-            if not isinstance(raw, dict):
-                raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
-            return ModelState.from_json(raw)
-        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
-            return self._set_aside(path, exc)
+            return _parse(data)
+        except ValueError as exc:
+            return self._set_aside(data, exc)
 
-    def _set_aside(self, path: Path, exc: Exception) -> ModelState:
-        """An unparsable state file: keep it for a human, start over from the directory."""
-        aside = path.with_name(f"{STATE}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
-        try:
-            os.replace(path, aside)
-            where = f"moved to {aside.name}"
-        except OSError as err:
-            where = f"left in place ({err.strerror or err})"
+    def _set_aside(self, data: bytes, exc: Exception) -> ModelState:
+        """An unparsable state file: keep it for a human, start over from the directories. Under
+        the lock, and only if the file still holds those bytes: another process may have set it
+        aside and written a good one meanwhile."""
+        digest = hashlib.md5(data).hexdigest()
+        if digest == self._bad_seen:  # reported before and could not be moved: say it once
+            return self._memory or ModelState()
+        with self.locked():
+            try:
+                now = self._read_bytes()
+            except OSError:
+                return self._memory or ModelState()
+            if now != data:
+                try:
+                    return _parse(now)
+                except ValueError:
+                    data, digest = now, hashlib.md5(now).hexdigest()
+            path = self.dir / STATE
+            aside = path.with_name(f"{STATE}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}-"
+                                   f"{uuid.uuid4().hex[:6]}")
+            try:
+                os.replace(path, aside)
+                where = f"moved to {aside.name}"
+            except OSError as err:
+                where = f"left in place ({err.strerror or err})"
+                self._bad_seen = digest
         self.unreadable = (f"{STATE} was unreadable ({str(exc)[:200]}); {where}; the state was "
                            f"rebuilt from the version directories at {time.strftime('%Y-%m-%d %H:%M:%S')}")
         log.error("model %r: %s", self.name, self.unreadable)
@@ -197,7 +222,8 @@ class StateFile:
     def write(self, state: ModelState) -> None:
         if self._memory is not None:
             self._memory = state
-            return
+            if time.monotonic() < self._retry_at:
+                return
         tmp = self.dir / f"{STATE}.{uuid.uuid4().hex}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -213,45 +239,59 @@ class StateFile:
                 tmp.unlink()
             self._went_read_only(f"cannot write {STATE} ({exc.strerror or exc})")
             self._memory = state
+            return
+        if self._memory is not None:  # the disk takes writes again (space freed, remounted)
+            log.warning("model %r: the repository directory is writable again; the state is "
+                        "kept in %s from now on", self.name, STATE)
+            self._memory, self.read_only_reason = None, None
 
     def _went_read_only(self, why: str) -> None:
+        self._retry_at = time.monotonic() + READ_ONLY_RETRY
         if self.read_only_reason is None:
             self.read_only_reason = why
             log.warning("model %r: the repository directory %s is not writable by this process: "
                         "%s. Serving from memory: versions seen, the live version, rejections and "
                         "rollbacks are kept in this process only (other workers decide on their "
-                        "own) until it restarts with a writable repository.", self.name, self.dir, why)
+                        "own); the disk is tried again every %.0f s.", self.name, self.dir, why,
+                        READ_ONLY_RETRY)
         if self._memory is None:
-            self._memory = self._read_disk_quietly()
-
-    def _read_disk_quietly(self) -> ModelState:
-        try:
-            raw = json.loads((self.dir / STATE).read_bytes())
-            return ModelState.from_json(raw) if isinstance(raw, dict) else ModelState()
-        except (OSError, ValueError, TypeError, AttributeError, RecursionError):
-            return ModelState()
+            try:
+                self._memory = _parse(self._read_bytes())
+            except (OSError, ValueError):
+                self._memory = ModelState()
 
     # -- locking -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """An exclusive lock on this model's state, across processes (``flock`` on ``.lock``);
-        only across threads when the directory cannot hold the lock file."""
+        only across threads when the directory cannot hold the lock file. Re-entrant."""
         with self._local:
-            fh = self._open_lock()
-            if fh is None:
-                yield
-                return
-            with fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
+            if getattr(self._held, "depth", 0):
+                self._held.depth += 1
                 try:
                     yield
                 finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
+                    self._held.depth -= 1
+                return
+            fh = self._open_lock()
+            self._held.depth = 1
+            try:
+                if fh is None:
+                    yield
+                    return
+                with fh:
+                    fcntl.flock(fh, fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(fh, fcntl.LOCK_UN)
+            finally:
+                self._held.depth = 0
 
     def _open_lock(self):
         path = self.dir / LOCK
-        if self._memory is None:
+        if self._memory is None or time.monotonic() >= self._retry_at:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 return open(path, "a+")
@@ -266,10 +306,24 @@ class StateFile:
             return None
 
 
+def _parse(data: bytes | None) -> ModelState:
+    """A state file's bytes; ValueError for anything that is not one."""
+    try:
+        if data is None or len(data) > MAX_STATE_BYTES:
+            raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
+        raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
+        return ModelState.from_json(raw)
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _overlay(disk: ModelState, mine: ModelState) -> ModelState:
     """What a process that cannot write sees: the file (others may still write it, e.g. a syncer
     with write access) under its own decisions."""
-    out = ModelState(installed={**mine.installed, **disk.installed},
+    out = ModelState(format=max(disk.format, mine.format),
+                     installed={**mine.installed, **disk.installed},
                      rejected={**disk.rejected, **mine.rejected},
                      refused={**disk.refused, **mine.refused})
     newer = mine if mine.live_since >= disk.live_since else disk

@@ -92,9 +92,14 @@ def check_relative_path(name: str, what: str = "path") -> str:
     return name
 
 
+def is_valid_name(name: str) -> bool:
+    """A model name or version the repository can hold (see :func:`check_name`)."""
+    return isinstance(name, str) and bool(_NAME_RE.match(name)) and len(name) <= 128
+
+
 def check_name(name: str, what: str) -> str:
     """Model names and versions become directory names: keep them to a safe alphabet."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 128:
+    if not is_valid_name(name):
         raise PackageError(f"{what} must be 1-128 characters of letters, digits, '_', '-', '.', "
                            f"not starting with '.' or '-'; got {name!r}")
     return name

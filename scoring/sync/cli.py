@@ -128,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         log.info("CPU priority: %s", lower_thread_priority(idle=True, niceness=19))
     if args.once:
         result = syncer.cycle(wait_for_lock=True)
-        syncer.close()
         line = (f"ctr-sync: model {config.model!r}: {result.message} "
                 f"({result.bytes} bytes, {result.seconds:.2f}s)")
+        live, why = True, ""
         if result.ok and args.wait_live > 0 and result.version:
             live, why = syncer.wait_live(result.version, args.wait_live)
+        syncer.close()
+        if result.ok and args.wait_live > 0 and result.version:
             if not live:
                 print(f"{line}\nctr-sync: model {config.model!r}: {why}", file=sys.stderr)
                 return 1

@@ -148,6 +148,9 @@ class Syncer:
                     result = self._cycle_locked(started)
         except OSError as exc:  # the repository itself: not a directory, no permission, disk full
             result = SyncResult(FAILED, f"local repository {self.repo.root}: {exc}")
+        except Exception as exc:  # a bug must not end a --once run with a traceback
+            log.exception("model %r: sync cycle failed unexpectedly", self.model)
+            result = SyncResult(FAILED, f"internal error ({type(exc).__name__}: {exc}); see the log")
         result.seconds = time.monotonic() - started
         self._record(result)
         return result
@@ -308,7 +311,8 @@ class Syncer:
             if time.monotonic() >= deadline:
                 return False, (f"version {version!r} is not live after {timeout:g}s (live: "
                                f"{state.live!r}); is ctr-serve running on {self.repo.root}?")
-            self.stop_event.wait(every)
+            if self.stop_event.wait(every):
+                return False, f"stopped while waiting for version {version!r} to go live"
 
     # -- local state --------------------------------------------------------------------------
 

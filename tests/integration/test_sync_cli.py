@@ -142,9 +142,15 @@ def test_once_fails_for_a_version_the_service_rejected_and_can_wait_for_the_serv
     repo = tmp_path / "repo"
     base = ["--source", f"file://{remote}", "--repo", str(repo), "--model", "ctr", "--once",
             "--retries", "0"]
-    alone = ctr_sync(*base, "--wait-live", "1")  # installed, but no service is running
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    alone = ctr_sync(*base, "--wait-live", "2")  # installed, but no service is running
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert alone.returncode == 1 and "installed version 'v1'" in alone.stderr
-    assert "is not live after 1s" in alone.stderr and "is ctr-serve running" in alone.stderr
+    waited_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert waited_cpu < 1.9, waited_cpu  # it polls the state, it does not spin for those 2 s
+    assert "is not live after 2s" in alone.stderr and "is ctr-serve running" in alone.stderr
     with Server(repo, tmp_path / "server.log") as server:
         server.wait()
         live = ctr_sync(*base, "--wait-live", "30")

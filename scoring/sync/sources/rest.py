@@ -121,6 +121,10 @@ def read_capped(resp: requests.Response, host: str, what: str, limit: int = MAX_
 def as_download(resp: requests.Response, start: int, host: str, what: str) -> Iterator[Download]:
     """A 200/206 answer as a :class:`Download` starting at byte ``start``; closed afterwards."""
     length = resp.headers.get("Content-Length")
+    if length is not None and not length.strip().isdigit():
+        resp.close()
+        raise SourceError(f"{what} on {host}: the answer's Content-Length is not a number "
+                          f"({length[:40]!r})", retriable=True, host=host)
     try:
         yield Download(start, int(length) if length is not None else None, iter_body(resp, host, what))
     finally:

@@ -160,7 +160,7 @@ def test_rollback_sticks_until_a_newer_version_arrives(repo):
     reg.sync_all()
     assert reg.get("ctr").version == "v1"
     with pytest.raises(ScoringError) as err:
-        reg.rollback("ctr")
+        reg.rollback("ctr", expected="v1")  # nothing before v1
     assert err.value.status_code == 409
     install(repo, "v3")
     reg.sync_all()
@@ -369,7 +369,7 @@ def test_a_rollback_retried_on_another_worker_steps_back_once(repo):
     assert retry.live == "v2" and "already rolled back from 'v3' to 'v2'" in retry.reason
     assert b.get("ctr").version == "v2" and repo.state("ctr").live == "v2"
     # a retry on the first worker that names its target is a no-op too
-    assert a.rollback("ctr", to="v2").reason == "already rolled back from 'v3' to 'v2'"
+    assert a.rollback("ctr", to="v2").reason.startswith("already rolled back from 'v3' to 'v2'")
     # one that expects what no longer serves is refused with the live version named
     with pytest.raises(ScoringError, match="the live version is 'v2', not 'v3'") as err:
         a.rollback("ctr", expected="v3", to="v1")
@@ -420,3 +420,96 @@ def test_a_read_only_repository_is_served_without_reloading_in_a_loop(tmp_path, 
         assert reg.get("ctr").version == "v1" and loader.calls == ["v1"]
         assert reg.describe("ctr")["repository_read_only"].startswith("cannot")
     assert sum("not writable" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_directory_that_is_no_version_is_ignored_not_fatal(repo, caplog):
+    """``cp -a v2 "v2 copy"``: not a name a version can have. It is named once in a warning and
+    everything else works: polls, new versions, reload."""
+    reg, loader = make(repo)
+    reg.sync_all()
+    copy_in(repo, "v2 copy")
+    (repo.root / "lost+found").mkdir()
+    for _ in range(3):
+        assert reg.sync_all()[0].live == "v1"
+    install(repo, "v3")
+    assert reg.reload("ctr").live == "v3" and reg.ready() == (True, [])
+    warned = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert len(warned) == 2 and "'v2 copy'" in warned[0] + warned[1], warned
+
+
+def test_a_bare_rollback_repeated_at_once_is_a_retry(repo):
+    reg, _ = make(repo)
+    for v in ("v2", "v3"):
+        install(repo, v)
+        reg.sync("ctr")
+    assert reg.rollback("ctr").live == "v2"
+    again = reg.rollback("ctr")  # the client retried on the same worker, which serves v2 now
+    assert again.live == "v2" and not again.changed and "?to=" in again.reason
+    assert reg.rollback("ctr", to="v1").live == "v1"  # stepping further back names the target
+
+
+def test_an_upgrade_keeps_the_live_version(repo):
+    """The first release wrote no ``format`` and ordered versions it had not recorded by mtime:
+    a version copied in long ago that it never served must not go live after the upgrade."""
+    import json
+
+    mdir = repo.model_dir("ctr")
+    copy_in(repo, "v0")  # an old copy the first release ignored (old mtime)
+    state = json.loads((mdir / ".state.json").read_text())
+    state.pop("format", None)
+    state["installed"].pop("v0", None)
+    state.update(live="v1", live_since=time.time())
+    (mdir / ".state.json").write_text(json.dumps(state))
+    reg, loader = make(repo)
+    reg.sync_all()
+    assert reg.get("ctr").version == "v1" and loader.calls == ["v1"]
+    copy_in(repo, "v2")  # a copy after the upgrade goes live as usual
+    assert reg.sync("ctr").live == "v2"
+
+
+def test_the_demo_does_not_stand_in_for_a_real_model_still_loading(tmp_path):
+    repo = ModelRepo(tmp_path / "repo")
+    install(repo, "seed0", name="demo")
+    install(repo, "v1", name="ctr")
+    reg, loader = make(repo)
+    loader.broken.add("v1")
+    reg.sync_all()
+    with pytest.raises(NotReady, match="'ctr' is not loaded yet"):
+        reg.default()
+
+
+def test_stopping_fails_what_waits_for_the_worker(repo):
+    reg, loader = make(repo, poll_interval=30)
+    started = threading.Event()
+    release = threading.Event()
+    loader.during["v2"] = lambda: (started.set(), release.wait(5))
+    reg.start()
+    deadline = time.monotonic() + 5
+    while not reg.ready()[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    install(repo, "v2")
+    reg.poke("ctr")
+    assert started.wait(5)  # the worker is busy loading v2
+    outcome: dict = {}
+    waiter = threading.Thread(target=lambda: outcome.update(r=_catch(lambda: reg.reload("ctr"))))
+    waiter.start()
+    time.sleep(0.1)
+    stopper = threading.Thread(target=reg.stop, kwargs={"timeout": 0.2})
+    stopper.start()
+    stopper.join(5)
+    release.set()
+    waiter.join(5)
+    assert not waiter.is_alive() and isinstance(outcome["r"], NotReady), outcome
+
+
+def _catch(fn):
+    try:
+        return fn()
+    except Exception as exc:  # the test looks at what came out
+        return exc
+
+
+def test_readiness_says_loading_while_a_model_loads(repo):
+    reg, _ = make(repo)
+    reg._expected = ["ctr"]
+    assert reg.ready() == (False, ["model 'ctr' is not loaded (loading version 'v1')"])

@@ -246,3 +246,49 @@ def test_a_repository_that_cannot_be_written_is_served_from_memory(tmp_path, cap
         assert not (repo.model_dir("ctr") / STATE).exists()
     warnings = [r for r in caplog.records if "not writable" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_an_unreadable_state_file_that_cannot_be_moved_is_reported_once(tmp_path, caplog):
+    repo = ModelRepo(tmp_path / "repo")
+    _copy_in(repo, tmp_path, "v1")
+    (repo.model_dir("ctr") / STATE).write_text("{torn")
+    shutil.rmtree(repo.root / ".staging", ignore_errors=True)
+    with read_only(repo.root):
+        for _ in range(5):
+            assert repo.wanted("ctr") == "v1"
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "unreadable" in r.getMessage()]
+    assert len(errors) == 1 and "left in place" in errors[0].getMessage()
+
+
+def test_a_state_file_another_process_rewrote_is_not_set_aside(tmp_path):
+    """Two workers find the same torn file: the first sets it aside and writes a good one; the
+    second, holding the lock after it, must take the good one, not move it away."""
+    from scoring.lifecycle.state import StateFile
+
+    repo = ModelRepo(tmp_path / "repo")
+    _install(repo, "v1")
+    _decide(repo, "v1")
+    mdir = repo.model_dir("ctr")
+    good = (mdir / STATE).read_bytes()
+    late = StateFile(mdir, "ctr")
+    torn = b'{"live": "v1", "hist'
+    (mdir / STATE).write_bytes(good)  # what the first worker left by the time the second locks
+    state = late._set_aside(torn, ValueError("torn"))
+    assert state.live == "v1" and (mdir / STATE).read_bytes() == good
+    assert not list(mdir.glob(f"{STATE}.unreadable-*")) and late.unreadable is None
+
+
+def test_a_repository_writable_again_gets_the_state_back(tmp_path, monkeypatch):
+    import scoring.lifecycle.state as state_mod
+
+    monkeypatch.setattr(state_mod, "READ_ONLY_RETRY", 0.0)
+    repo = ModelRepo(tmp_path / "repo")
+    _copy_in(repo, tmp_path, "v1")
+    shutil.rmtree(repo.root / ".staging", ignore_errors=True)
+    with read_only(repo.root):  # say the disk was full
+        assert repo.promote("ctr", "v1", time.time()) == "v1"
+        assert repo.state_file("ctr").read_only_reason
+    _copy_in(repo, tmp_path, "v2")
+    assert repo.promote("ctr", "v2", time.time()) == "v2"  # the next write reaches the disk
+    assert repo.state_file("ctr").read_only_reason is None
+    assert json.loads((repo.model_dir("ctr") / STATE).read_text())["live"] == "v2"

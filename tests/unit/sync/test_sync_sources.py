@@ -95,3 +95,21 @@ def test_config_from_env(tmp_path):
         config_from_env(tmp_path, {"CTR_SYNC_SOURCE": "file:///m/x", "CTR_SYNC_INTERVAL": "soon"})
     with pytest.raises(ValueError, match="keep must be >= 1"):
         config_from_env(tmp_path, {"CTR_SYNC_SOURCE": "file:///m/x", "CTR_SYNC_KEEP": "0"})
+
+
+def test_a_content_length_that_is_not_a_number_is_a_source_error():
+    import io
+
+    import pytest
+    import requests
+
+    from scoring.sync.sources.base import SourceError
+    from scoring.sync.sources.rest import as_download
+
+    resp = requests.Response()
+    resp.status_code = 200
+    resp.headers["Content-Length"] = "12abc"
+    resp.raw = io.BytesIO(b"hello")
+    with pytest.raises(SourceError, match="Content-Length is not a number"):
+        with as_download(resp, 0, "h1:14000", "OPEN /m/x.npy"):
+            pass
