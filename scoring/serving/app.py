@@ -110,9 +110,9 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
 
     @app.post("/v1/models/{name}/rollback", summary="Admin: go back to the previous version",
               description="A compare-and-set: it steps back from the version this process serves "
-                          "(or `from`), so a retried call, or the same call reaching another "
-                          "worker, rolls back once. `to` names the target; calls naming it are "
-                          "idempotent.", **ADMIN_DOC)
+                          "(or `from`), so the same call reaching another worker, or retried (a "
+                          "bare rollback repeated within 30 s), rolls back once. `to` names the "
+                          "target; calls naming it are idempotent.", **ADMIN_DOC)
     def rollback_model(name: str, request: Request,
                        to: str | None = Query(None, description="the version to go back to "
                                               "(default: the previous live version)"),
