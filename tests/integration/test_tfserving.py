@@ -86,12 +86,9 @@ def test_sub_batches_run_concurrently_over_kept_alive_connections(fake, make, sm
     fake.faults.delay = 0.1
     ctx, ads = request_of(small_package, 32)
     s = make([fake.url], sub_batch_size=8, max_concurrency=4)
-    t0 = time.perf_counter()
     s.score(ctx, ads)
-    elapsed = time.perf_counter() - t0
     assert fake.stats.predicts == 4 and fake.stats.max_in_flight == 4
     assert fake.stats.overlap() > 0.05                  # the server saw them at the same time
-    assert elapsed < 0.38                                # not 4 x 0.1 s one after another
     for _ in range(3):
         s.score(ctx, ads)
     assert fake.stats.connections == 4                   # the pool reused its connections
