@@ -240,7 +240,7 @@ class Registry:
             current = self._live.get(name)
             live = current.version if current else None
             if wanted is None or wanted == live:
-                return SyncResult(name, live, reason=self.explain(name, live))
+                return SyncResult(name, live)  # why: explain(), asked by reload only
             failure = self._failed.get(name)
             if failure is not None and failure[0] == wanted:
                 return SyncResult(name, live, failed=failure,
@@ -265,6 +265,8 @@ class Registry:
         result = self.sync(name)
         if self._expected is not None and name not in self._expected and name in self._live:
             self._expected.append(name)  # a model brought in by hand: readiness follows it now
+        if not result.changed and result.reason is None:
+            result.reason = self.explain(name, result.live)
         return result
 
     def _rollback(self, name: str, to: str | None, expected: str | None,
