@@ -188,7 +188,7 @@ def _skip_scalar(buf, p, n, lit_null, num):
     return _number(buf, p, n, num)
 
 
-@njit(cache=CACHE, nogil=True)
+@njit(cache=CACHE, nogil=True, _nrt=False)
 def _groups(buf, p, n, group_names, group_off, group_hash, group_slot, side, want_side, base,
             ids, keys, lens, counts, seen, max_values, num):
     """Scan one object of group -> value(s) at ``p`` ('{'); returns the index after '}' or -1.
@@ -261,7 +261,7 @@ def _value(buf, p, n, ids, counts, num):
     return q
 
 
-@njit(cache=CACHE, nogil=True)
+@njit(cache=CACHE, nogil=True, _nrt=False)
 def scan_request(buf, group_names, group_off, group_hash, group_slot, group_side, n_ad_slots,
                  max_ads, max_values, lits, ctx_ids, ctx_keys, ctx_lens, ad_ids, ad_keys, ad_lens,
                  meta, num, seen, have):
@@ -361,7 +361,7 @@ def scan_request(buf, group_names, group_off, group_hash, group_slot, group_side
     return OK
 
 
-@njit(cache=CACHE, nogil=True)
+@njit(cache=CACHE, nogil=True, _nrt=False)
 def _ad(buf, p, n, row, group_names, group_off, group_hash, group_slot, group_side, n_ad_slots,
         ids, keys, lens, counts, seen, max_values, num, lits, have):
     """One ad object at ``p``: "id" skipped, "features" scanned, "dense" only null or []."""

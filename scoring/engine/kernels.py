@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from .config import CACHE, FASTMATH
-from .simd import make_sparse_row, make_tile, prefetch_row
+from .simd import f32_at, make_sparse_row, make_tile, prefetch_row
 
 ACT_NONE = 0
 ACT_RELU = 1
@@ -38,11 +38,12 @@ def _bucket(h, buckets):
     return h % buckets
 
 
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def pool_embeddings(tables, buckets, is_mean, cols, dims, ids, keys, lens, n_slots, row0, n_rows,
                     e_start, v_start, out, counts):
     """Pool rows ``row0 .. row0 + n_rows`` of one side's groups into ``out[row - row0, cols[slot]:]``.
 
+    ``tables[slot]`` is the address of the slot's float32 table (C order, ``dims[slot]`` wide).
     Values come run-length encoded: entry ``e`` says ``lens[e]`` consecutive ``ids`` belong to
     ``keys[e] = row * n_slots + slot`` (non-decreasing in row). Each id adds table row
     ``id % buckets[slot]``; mean pooling divides by the value count; a group with no value stays a
@@ -63,10 +64,11 @@ def pool_embeddings(tables, buckets, is_mean, cols, dims, ids, keys, lens, n_slo
     v = v_start
     while e < n_entries and keys[e] < end_key:
         s = (keys[e] - base) % n_slots
-        table = tables[s]
+        addr = tables[s]
         bk = buckets[s]
+        row_bytes = dims[s] * 4
         for q in range(v, v + lens[e]):
-            prefetch_row(table, _bucket(ids[q], bk))
+            prefetch_row(addr, _bucket(ids[q], bk), row_bytes)
         v += lens[e]
         e += 1
     # pass 2: accumulate
@@ -76,15 +78,15 @@ def pool_embeddings(tables, buckets, is_mean, cols, dims, ids, keys, lens, n_slo
         key = keys[e] - base
         r = key // n_slots
         s = key - r * n_slots
-        table = tables[s]
+        table = f32_at(tables[s])
         bk = buckets[s]
         c0 = cols[s]
         dim = dims[s]
         m = lens[e]
         for q in range(v, v + m):
-            row = _bucket(ids[q], bk)
+            at = np.int64(_bucket(ids[q], bk)) * dim
             for d in range(dim):
-                out[r, c0 + d] += table[row, d]
+                out[r, c0 + d] += table[at + d]
         counts[key] += m
         v += m
         e += 1
@@ -136,7 +138,7 @@ def _pruned_row(x, a, k_in, w, bias, y, act, idx, vals):
         y[a, jj] = _act(s, act)
 
 
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def dense_axpy(x, n, k_in, w, bias, y, act, idx, vals):
     """``y[:n, :out] = act(x[:n, :k_in] @ w + bias)`` with ``w`` as [in, out], one ad at a time,
     pruned: the seed's loop, with the output block kept in registers."""
@@ -144,7 +146,7 @@ def dense_axpy(x, n, k_in, w, bias, y, act, idx, vals):
         _pruned_row(x, a, k_in, w, bias, y, act, idx, vals)
 
 
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def dense_cols(x, n, k_in, w, bias, y, act, j_start):
     """Neurons ``j_start..`` one dot product at a time: the last layer (one output, sigmoid) and
     the few neurons of a layer that do not fill a 16-lane vector."""
@@ -157,7 +159,7 @@ def dense_cols(x, n, k_in, w, bias, y, act, j_start):
             y[a, j] = _act(s + bias[j], act)
 
 
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def dense_tiled(x, n, k_in, w, bias, y, act, idx, vals):
     """``y[:n, :out] = act(x[:n, :k_in] @ w + bias)`` with ``w`` as [in, out]: register tiles of
     6 ads x 64 neurons (``simd.make_tile``), then 4 and 2 ads for the rows left over and the
@@ -183,7 +185,7 @@ def dense_tiled(x, n, k_in, w, bias, y, act, idx, vals):
         _pruned_row(x, a, k_in, w, bias, y, act, idx, vals)
 
 
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def dense_layer(x, n, k_in, w, bias, y, act, small_batch, idx, vals):
     """One layer, in the form that suits the batch size."""
     if n <= small_batch:
@@ -192,7 +194,7 @@ def dense_layer(x, n, k_in, w, bias, y, act, small_batch, idx, vals):
         dense_tiled(x, n, k_in, w, bias, y, act, idx, vals)
 
 
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def context_bias(ctx_tables, ctx_buckets, ctx_mean, ctx_cols, ctx_dims, ctx_ids, ctx_keys,
                  ctx_lens, w_ctx, b0, x_ctx, counts, c, idx, vals):
     """``c = b0 + pooled_context @ W_ctx``: layer 1's context part, once per request."""
@@ -203,30 +205,34 @@ def context_bias(ctx_tables, ctx_buckets, ctx_mean, ctx_cols, ctx_dims, ctx_ids,
     dense_axpy(x_ctx, 1, k_in, w_ctx, b0, c, ACT_NONE, idx, vals)
 
 
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def mlp_rows(x, n, c, w_ad, act0, params, layers, buf_a, buf_b, small_batch, idx, vals):
     """Layers for ``n`` rows of ad inputs ``x``: layer 1 with the context bias ``c``, then every
     further layer ping-ponging between the two buffers. Returns the buffer holding the output.
 
     Layers after the first live in one flat ``params`` array (one argument instead of a list of
     arrays: a typed list costs ~1 us per call to unbox); row ``li`` of ``layers`` holds
-    (weight offset, in, out, bias offset, activation)."""
+    (weight offset, in, out, bias offset, activation). Returns 0 when the output is in
+    ``buf_a``, 1 when it is in ``buf_b``."""
     dense_layer(x, n, w_ad.shape[0], w_ad, c, buf_b, act0, small_batch, idx, vals)
-    src = buf_b
-    dst = buf_a
+    in_b = True
     for li in range(layers.shape[0]):
         wo = layers[li, 0]
         k_in = layers[li, 1]
         n_out = layers[li, 2]
         bo = layers[li, 3]
         w = params[wo:wo + k_in * n_out].reshape((k_in, n_out))
-        dense_layer(src, n, k_in, w, params[bo:bo + n_out], dst, layers[li, 4], small_batch, idx,
-                    vals)
-        src, dst = dst, src
-    return src
+        if in_b:
+            dense_layer(buf_b, n, k_in, w, params[bo:bo + n_out], buf_a, layers[li, 4],
+                        small_batch, idx, vals)
+        else:
+            dense_layer(buf_a, n, k_in, w, params[bo:bo + n_out], buf_b, layers[li, 4],
+                        small_batch, idx, vals)
+        in_b = not in_b
+    return 1 if in_b else 0
 
 
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, ad_lens, dense,
             dense_col, c, w_ad, act0, params, layers, n_ads, buf_a, buf_b, counts,
             small_batch, idx, vals, out):
@@ -246,8 +252,8 @@ def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, a
         for r in range(n):
             for d in range(dense_dim):
                 buf_a[r, dense_col + d] = dense[row0 + r, d]
-        res = mlp_rows(buf_a, n, c[0], w_ad, act0, params, layers, buf_a, buf_b, small_batch,
-                       idx, vals)
+        res = buf_b if mlp_rows(buf_a, n, c[0], w_ad, act0, params, layers, buf_a, buf_b,
+                                small_batch, idx, vals) else buf_a
         for r in range(n):
             p = res[r, 0]
             out[row0 + r] = p
@@ -256,7 +262,7 @@ def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, a
     return bad
 
 
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def mlp(x_ctx, w_ctx, b0, c, x_ad, n_ads, w_ad, act0, params, layers, buf_a, buf_b,
         small_batch, idx, vals, out):
     """The MLP alone on pooled inputs: context part once, then the ad rows chunk by chunk."""
@@ -264,7 +270,7 @@ def mlp(x_ctx, w_ctx, b0, c, x_ad, n_ads, w_ad, act0, params, layers, buf_a, buf
     chunk = buf_a.shape[0]
     for row0 in range(0, n_ads, chunk):
         n = min(chunk, n_ads - row0)
-        res = mlp_rows(x_ad[row0:row0 + n], n, c[0], w_ad, act0, params, layers, buf_a, buf_b,
-                       small_batch, idx, vals)
+        res = buf_b if mlp_rows(x_ad[row0:row0 + n], n, c[0], w_ad, act0, params, layers, buf_a,
+                                buf_b, small_batch, idx, vals) else buf_a
         for r in range(n):
             out[row0 + r] = res[r, 0]

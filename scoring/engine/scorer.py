@@ -16,8 +16,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import orjson
-from numba import types
-from numba.typed import List
 
 from ..errors import InvalidRequest
 from ..model.package import ModelPackage
@@ -27,15 +25,7 @@ from .features import EncodedBatch, FeatureLayout
 SMALL_BATCH = 1      # up to this many ads per chunk: pruned one-ad form; above: register tiles
 CHUNK = 96           # ads per pass through the layers: activations stay in L2; a multiple of 6
 _ACT_CODES = {"relu": kernels.ACT_RELU, "sigmoid": kernels.ACT_SIGMOID}
-_RO_TABLE = types.Array(types.float32, 2, "C", readonly=True)
 _PAGE = 4096
-
-
-def _typed_list(arrays: Sequence[np.ndarray], item_type: types.Type) -> List:
-    out = List.empty_list(item_type)
-    for a in arrays:
-        out.append(a)
-    return out
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -109,7 +99,8 @@ class _SidePlan:
     """Kernel arguments for one side's groups (context or ad)."""
 
     def __init__(self, groups, tables) -> None:
-        self.tables = _typed_list([_readonly(t) for t in tables], _RO_TABLE)
+        self.arrays = [_readonly(t) for t in tables]  # kept alive: the kernels get addresses
+        self.tables = np.array([a.ctypes.data for a in self.arrays] or [0], dtype=np.int64)
         self.buckets = np.array([g.buckets for g in groups], dtype=np.uint64)
         self.mean = np.array([g.pooling == "mean" for g in groups], dtype=np.bool_)
         self.dims = np.array([g.dim for g in groups], dtype=np.int64)
@@ -259,7 +250,7 @@ class Engine:
 
     def touch_pages(self) -> None:
         """Read one value per page of every table so the first requests do not fault them in."""
-        for table in list(self._ctx.tables) + list(self._ad.tables):
+        for table in self._ctx.arrays + self._ad.arrays:
             flat = table.reshape(-1)
             step = max(1, _PAGE // flat.itemsize)
             float(flat[::step].sum())

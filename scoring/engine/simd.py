@@ -192,26 +192,44 @@ _I8P = ir.IntType(8).as_pointer()
 
 
 @intrinsic
-def prefetch_row(typingctx, table, row):
-    """Hint the CPU to fetch the first two cache lines of ``table[row]`` (a gather that will
-    miss: embedding rows are scattered over tables of hundreds of MB)."""
-    if not (isinstance(table, types.Array) and table.ndim == 2 and table.layout == "C"):
+def prefetch_row(typingctx, base, row, row_bytes):
+    """Hint the CPU to fetch the first two cache lines of row ``row`` of the table at address
+    ``base`` (rows of ``row_bytes`` bytes): a gather that will miss, since embedding rows are
+    scattered over tables of hundreds of MB."""
+    if not all(isinstance(t, types.Integer) for t in (base, row, row_bytes)):
         return None
-    sig = types.void(table, row)
+    sig = types.void(base, row, row_bytes)
 
     def codegen(context, builder, signature, args):
-        t_t, r_t = signature.args
-        arr = context.make_array(t_t)(context, builder, args[0])
+        b_t, r_t, s_t = signature.args
+        base_v = context.cast(builder, args[0], b_t, types.int64)
         r = context.cast(builder, args[1], r_t, types.int64)
-        stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
-        base = builder.ptrtoint(arr.data, _I64)
-        addr = builder.add(base, builder.mul(r, stride))
+        stride = context.cast(builder, args[2], s_t, types.int64)
+        addr = builder.add(base_v, builder.mul(r, stride))
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [_I8P, _I32, _I32, _I32]), "llvm.prefetch.p0")
         for offset in (0, 64):
             ptr = builder.inttoptr(builder.add(addr, _I64(offset)), _I8P)
             builder.call(fn, [ptr, _I32(0), _I32(3), _I32(1)])
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def f32_at(typingctx, base):
+    """The float32 array at address ``base`` as a pointer the kernel can index (``p[i]``).
+
+    Tables reach the kernels as addresses (an int64 array, one per group) rather than a list of
+    arrays: a list of arrays needs Numba's reference counting, an atomic operation per access,
+    and the kernels run without it. The engine keeps the arrays alive while it scores."""
+    if not isinstance(base, types.Integer):
+        return None
+    sig = types.CPointer(types.float32)(base)
+
+    def codegen(context, builder, signature, args):
+        addr = context.cast(builder, args[0], signature.args[0], types.int64)
+        return builder.inttoptr(addr, _F32.as_pointer())
 
     return sig, codegen
 

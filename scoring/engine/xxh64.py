@@ -92,7 +92,7 @@ def xxh64(buf, start, length):
     return h
 
 
-@njit(cache=CACHE, nogil=True)
+@njit(cache=CACHE, nogil=True, _nrt=False)
 def hash_joined(buf, out):
     """Hash the NUL-separated strings of ``buf`` into ``out``; return how many there were.
 
