@@ -11,6 +11,9 @@ size, round-robin so that machine noise hits every contender alike:
   (c) NumPy/BLAS MLP on the full [n, 512] input
   (d) ONNX Runtime (1 intra-op thread) on the identical MLP built with onnx.helper
   (e) the arithmetic floor: the net's float32 FLOPs / a measured float32 GEMM peak of this machine
+  (f) the full path's stages, each timed alone: ``scan`` (JSON bytes -> hashed id arrays, the
+      compiled scanner), ``encode`` (decoded dicts -> id arrays, the ordinary path), ``embed``
+      (gathers + pooling + the context part, = ``score_encoded`` minus the MLP) and ``mlp``
 
 and reports medians, the ratios the targets are stated in, a JSON file and a PNG plot with the
 seed's 650 us (custom Java) and 4800 us (TF Serving) per-ad figures as reference lines.
@@ -36,6 +39,7 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 from scoring.engine import Engine  # noqa: E402
+from scoring.engine.config import CODEGEN  # noqa: E402
 from scoring.model.demo import write_demo  # noqa: E402
 from scoring.model.package import load_package  # noqa: E402
 
@@ -146,8 +150,12 @@ def run(args: argparse.Namespace) -> dict:
         assert np.abs(got - want).max() < 1e-4, "engine MLP disagrees with NumPy"
         body = orjson.dumps({"context": ctx, "ads": ads})
         assert engine.score_json(body, 10_000, 64) is not None, "the scanner refused the body"
+        scanned = engine.scan_json(body, 10_000, 64)
         fns = {
             "engine_json": lambda: engine.score_json(body, 10_000, 64),
+            "stage_scan": lambda: engine.scan_json(body, 10_000, 64),
+            "stage_encode": lambda: engine.layout.encode(ctx, ads),
+            "stage_embed_mlp": lambda: engine.score_encoded(scanned),
             "engine_full": lambda: engine.score(ctx, ads),
             "engine_mlp": lambda: engine.mlp(x_ctx, x_ad),
             "numpy_mlp": lambda: np_mlp(x),
@@ -158,6 +166,7 @@ def run(args: argparse.Namespace) -> dict:
         res["floor"] = flops_full / (peak * 1e9) * 1e6
         res["floor_split"] = (flops_split + 2 * engine.ctx_width * sizes[1] / n) / (peak * 1e9) * 1e6
         res["batch"] = n
+        res["stage_embed"] = max(0.0, res.pop("stage_embed_mlp") - res["engine_mlp"])
         res["mlp_vs_ort"] = res["engine_mlp"] / res["onnxruntime_mlp"]
         res["full_vs_ort_mlp"] = res["engine_full"] / res["onnxruntime_mlp"]
         res["json_vs_ort_mlp"] = res["engine_json"] / res["onnxruntime_mlp"]
@@ -165,8 +174,8 @@ def run(args: argparse.Namespace) -> dict:
         print(_row(res), flush=True)
     return {"rows": rows, "gemm_peak_gflops": peak, "flops_per_ad": flops_full,
             "flops_per_ad_context_split_batch_inf": flops_split,
-            "machine": {"cpu": cpu_model(), "python": platform.python_version(),
-                        "numpy": np.__version__},
+            "machine": {"cpu": cpu_model(), "codegen": CODEGEN.describe(),
+                        "python": platform.python_version(), "numpy": np.__version__},
             "command": " ".join(["python -m bench.engine"] + sys.argv[1:])}
 
 
@@ -209,13 +218,15 @@ def cpu_model() -> str:
 
 
 HEADER = (f"{'batch':>6} {'json':>9} {'full':>9} {'eng.mlp':>9} {'numpy':>9} {'ort':>9} {'floor':>7} "
-          f"{'mlp/ort':>8} {'full/ort':>9} {'json/ort':>9}   (us per ad)")
+          f"{'mlp/ort':>8} {'full/ort':>9} {'json/ort':>9} | {'scan':>6} {'encode':>6} {'embed':>6}"
+          "   (us per ad)")
 
 
 def _row(r: dict) -> str:
     return (f"{r['batch']:>6} {r['engine_json']:>9.2f} {r['engine_full']:>9.2f} {r['engine_mlp']:>9.2f} "
             f"{r['numpy_mlp']:>9.2f} {r['onnxruntime_mlp']:>9.2f} {r['floor']:>7.2f} "
-            f"{r['mlp_vs_ort']:>8.2f} {r['full_vs_ort_mlp']:>9.2f} {r['json_vs_ort_mlp']:>9.2f}")
+            f"{r['mlp_vs_ort']:>8.2f} {r['full_vs_ort_mlp']:>9.2f} {r['json_vs_ort_mlp']:>9.2f} | "
+            f"{r['stage_scan']:>6.2f} {r['stage_encode']:>6.2f} {r['stage_embed']:>6.2f}")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -256,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, default=RESULTS / "engine.png")
     p.add_argument("--cpu", type=int, default=None, help="pin the benchmark to this core")
     args = p.parse_args(argv)
+    print(f"CPU: {cpu_model()}; code generation: {CODEGEN.describe()}", flush=True)
     print(HEADER, flush=True)
     result = run(args)
     print(f"float32 GEMM peak {result['gemm_peak_gflops']:.0f} GFLOP/s; "
@@ -272,23 +284,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _targets(rows: list[dict]) -> dict:
+    """Issue #9's targets, per ad, one thread, against ONNX Runtime in the same run."""
     by = {r["batch"]: r for r in rows}
     lines, ok = [], True
+
+    def check(met: bool, text: str) -> None:
+        nonlocal ok
+        ok &= met
+        lines.append(f"{text}: {'met' if met else 'MISSED'}")
+
     worst = max(rows, key=lambda r: r["mlp_vs_ort"])
-    met = worst["mlp_vs_ort"] <= 1.0
-    ok &= met
-    lines.append(f"engine MLP <= 1.0x ONNX Runtime at every batch: worst {worst['mlp_vs_ort']:.2f}x "
-                 f"at batch {worst['batch']}: {'met' if met else 'MISSED'}")
+    check(worst["mlp_vs_ort"] <= 0.85, f"engine MLP <= 0.85x ONNX Runtime at every batch: worst "
+          f"{worst['mlp_vs_ort']:.2f}x at batch {worst['batch']}")
     if 1 in by:
-        met = by[1]["mlp_vs_ort"] <= 0.7
-        ok &= met
-        lines.append(f"engine MLP <= 0.7x ONNX Runtime at batch 1: {by[1]['mlp_vs_ort']:.2f}x: "
-                     f"{'met' if met else 'MISSED'}")
+        check(by[1]["mlp_vs_ort"] <= 0.7,
+              f"engine MLP <= 0.7x ONNX Runtime at batch 1: {by[1]['mlp_vs_ort']:.2f}x")
+        check(by[1]["engine_json"] <= 20.0,
+              f"full path from JSON bytes at batch 1 <= 20 us: {by[1]['engine_json']:.1f} us")
     if 100 in by:
-        met = by[100]["full_vs_ort_mlp"] <= 2.0
-        ok &= met
-        lines.append(f"full path at batch 100 <= 2x ONNX Runtime MLP: {by[100]['full_vs_ort_mlp']:.2f}x: "
-                     f"{'met' if met else 'MISSED'}")
+        r = by[100]
+        check(r["json_vs_ort_mlp"] <= 1.5, f"full path from JSON bytes at batch 100 <= 1.5x ONNX "
+              f"Runtime's MLP (moonshot 1.3x): {r['json_vs_ort_mlp']:.2f}x")
     return {"all_met": ok, "lines": lines}
 
 

@@ -14,5 +14,9 @@ list of arrays, and return indices rather than arrays, so they need no runtime.
 not recompile.
 """
 
+from . import codegen
+
 CACHE = True
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+CODEGEN = codegen.apply()  # before any kernel compiles: see ``codegen``

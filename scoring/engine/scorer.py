@@ -58,6 +58,9 @@ _LITERALS = tuple(np.array(list(word), dtype=np.uint8) for word in
                   (b"null", b"context", b"ads", b"request_id", b"id", b"features", b"dense"))
 
 
+_NO_DENSE = [np.zeros((n, 0), dtype=np.float32) for n in range(1025)]  # shared, never written
+
+
 class _ScanBuffers:
     """Output arrays of ``jsonscan.scan_request``, grown to the largest body seen."""
 
@@ -206,29 +209,58 @@ class Engine:
         which scores it or names what is wrong."""
         if self.manifest.dense_dim:
             return None
+        sb = self._scan_buffers()
         try:
-            sb = self._scan_pool.get_nowait()
-        except queue.Empty:
-            sb = _ScanBuffers(max(len(self.layout.ctx_groups), len(self.layout.ad_groups)))
-        try:
-            sb.fit(len(body))
-            names, offsets, hashes, slots, sides = self.layout.scan_tables
-            code = jsonscan.scan_request(
-                np.frombuffer(body, dtype=np.uint8), names, offsets, hashes, slots, sides,
-                len(self.layout.ad_groups), max_ads, max_values, _LITERALS, sb.ctx_ids,
-                sb.ctx_keys, sb.ctx_lens, sb.ad_ids, sb.ad_keys, sb.ad_lens, sb.meta, sb.num,
-                sb.seen, sb.have)
-            if code != jsonscan.OK:
+            scanned = self._scan(sb, body, max_ads, max_values)
+            if scanned is None:
                 return None
-            nc, ec, na, ea, n_ads, rid_kind, rid_s, rid_e = sb.meta.tolist()
-            batch = EncodedBatch(sb.ctx_ids[:nc], sb.ctx_keys[:ec], sb.ctx_lens[:ec],
-                                 sb.ad_ids[:na], sb.ad_keys[:ea], sb.ad_lens[:ea],
-                                 np.zeros((n_ads, 0), dtype=np.float32), n_ads)
+            batch, rid_kind, rid_s, rid_e = scanned
             scores = self.score_encoded(batch)
         finally:
             self._scan_pool.put(sb)
         rid = orjson.loads(body[rid_s:rid_e]) if rid_kind != jsonscan.RID_NONE else None
         return scores, rid
+
+    def scan_json(self, body: bytes, max_ads: int, max_values: int) -> EncodedBatch | None:
+        """The scanner alone: the body's hashed feature arrays (copies), or None where
+        ``score_json`` would fall back. For benchmarks (a stage of the full path) and tests."""
+        if self.manifest.dense_dim:
+            return None
+        sb = self._scan_buffers()
+        try:
+            scanned = self._scan(sb, body, max_ads, max_values)
+            if scanned is None:
+                return None
+            b = scanned[0]
+            return EncodedBatch(b.ctx_ids.copy(), b.ctx_keys.copy(), b.ctx_lens.copy(),
+                                b.ad_ids.copy(), b.ad_keys.copy(), b.ad_lens.copy(), b.dense,
+                                b.n_ads)
+        finally:
+            self._scan_pool.put(sb)
+
+    def _scan_buffers(self) -> _ScanBuffers:
+        try:
+            return self._scan_pool.get_nowait()
+        except queue.Empty:
+            return _ScanBuffers(max(len(self.layout.ctx_groups), len(self.layout.ad_groups)))
+
+    def _scan(self, sb: _ScanBuffers, body: bytes, max_ads: int, max_values: int):
+        """Run the scanner into ``sb``: (batch viewing sb's arrays, rid kind, start, end) or None."""
+        sb.fit(len(body))
+        names, offsets, hashes, slots, sides = self.layout.scan_tables
+        code = jsonscan.scan_request(
+            np.frombuffer(body, dtype=np.uint8), names, offsets, hashes, slots, sides,
+            len(self.layout.ad_groups), max_ads, max_values, _LITERALS, sb.ctx_ids,
+            sb.ctx_keys, sb.ctx_lens, sb.ad_ids, sb.ad_keys, sb.ad_lens, sb.meta, sb.num,
+            sb.seen, sb.have)
+        if code != jsonscan.OK:
+            return None
+        nc, ec, na, ea, n_ads, rid_kind, rid_s, rid_e = sb.meta.tolist()
+        batch = EncodedBatch(sb.ctx_ids[:nc], sb.ctx_keys[:ec], sb.ctx_lens[:ec],
+                             sb.ad_ids[:na], sb.ad_keys[:ea], sb.ad_lens[:ea],
+                             _NO_DENSE[n_ads] if n_ads < len(_NO_DENSE) else
+                             np.zeros((n_ads, 0), dtype=np.float32), n_ads)
+        return batch, rid_kind, rid_s, rid_e
 
     def mlp(self, x_ctx: np.ndarray, x_ad: np.ndarray) -> np.ndarray:
         """The MLP alone on pooled inputs (context vector once, ad rows in kernel column order);

@@ -4,6 +4,7 @@ generic 500, settings from the environment and the command line."""
 from __future__ import annotations
 
 import os
+import time
 import warnings
 
 import numpy as np
@@ -41,6 +42,10 @@ def client(tmp_path, monkeypatch):
 def test_scores_through_the_app(client):
     r = client.post("/v1/score", json={"ads": [{}, {}], "request_id": "x"})
     assert r.json() == {"model": "m", "version": "1", "scores": [0.25, 0.25], "request_id": "x"}
+    # ready once the registry's worker (idle priority: slow on a loaded machine) read the repo
+    deadline = time.monotonic() + 30
+    while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert client.get("/readyz").status_code == 200
     assert client.get("/v1/models").json()["models"][0]["kind"] == "fake"
 
