@@ -11,7 +11,9 @@ size, round-robin so that machine noise hits every contender alike:
   (c) NumPy/BLAS MLP on the full [n, 512] input
   (d) ONNX Runtime (1 intra-op thread) on the identical MLP built with onnx.helper
   (e) the arithmetic floor: the net's float32 FLOPs / a measured float32 GEMM peak of this machine
-  (f) the full path's stages, each timed alone: ``scan`` (JSON bytes -> hashed id arrays, the
+  (f) the full path from JSON with compact tables (``ctr-model quantize``): int8 row-wise and
+      float16 copies of the same model, same requests
+  (g) the full path's stages, each timed alone: ``scan`` (JSON bytes -> hashed id arrays, the
       compiled scanner), ``encode`` (decoded dicts -> id arrays, the ordinary path), ``embed``
       (gathers + pooling + the context part, = ``score_encoded`` minus the MLP) and ``mlp``
 
@@ -57,6 +59,16 @@ def demo_model(path: Path | None) -> Path:
     if not (path / "checksums.md5").is_file():
         write_demo(path, seed=0)
     return path
+
+
+def compact_model(path: Path, tables: str) -> Path:
+    """The demo package with ``tables`` (int8 / fp16) tables, converted once and reused."""
+    from scoring.model.quantize import convert
+
+    out = path.parent / f"{path.name}-{tables}"
+    if not (out / "checksums.md5").is_file():
+        convert(path, out, tables=tables)
+    return out
 
 
 def request(rng: np.random.Generator, engine: Engine, n: int) -> tuple[dict, list[dict]]:
@@ -127,8 +139,10 @@ def time_round_robin(fns: dict[str, Callable[[], object]], n_ads: int, budget: f
 def run(args: argparse.Namespace) -> dict:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    pkg = load_package(demo_model(args.model))
+    model_dir = demo_model(args.model)
+    pkg = load_package(model_dir)
     engine = Engine(pkg)
+    compact = {t: Engine(load_package(compact_model(model_dir, t))) for t in ("int8", "fp16")}
     ort = onnx_session(pkg, threads=1)
     np_mlp = numpy_mlp(pkg)
     m = pkg.manifest
@@ -153,6 +167,8 @@ def run(args: argparse.Namespace) -> dict:
         scanned = engine.scan_json(body, 10_000, 64)
         fns = {
             "engine_json": lambda: engine.score_json(body, 10_000, 64),
+            "json_int8": lambda: compact["int8"].score_json(body, 10_000, 64),
+            "json_fp16": lambda: compact["fp16"].score_json(body, 10_000, 64),
             "stage_scan": lambda: engine.scan_json(body, 10_000, 64),
             "stage_encode": lambda: engine.layout.encode(ctx, ads),
             "stage_embed_mlp": lambda: engine.score_encoded(scanned),
@@ -170,6 +186,8 @@ def run(args: argparse.Namespace) -> dict:
         res["mlp_vs_ort"] = res["engine_mlp"] / res["onnxruntime_mlp"]
         res["full_vs_ort_mlp"] = res["engine_full"] / res["onnxruntime_mlp"]
         res["json_vs_ort_mlp"] = res["engine_json"] / res["onnxruntime_mlp"]
+        res["int8_vs_float32"] = res["json_int8"] / res["engine_json"]
+        res["fp16_vs_float32"] = res["json_fp16"] / res["engine_json"]
         rows.append(res)
         print(_row(res), flush=True)
     return {"rows": rows, "gemm_peak_gflops": peak, "flops_per_ad": flops_full,
@@ -218,15 +236,16 @@ def cpu_model() -> str:
 
 
 HEADER = (f"{'batch':>6} {'json':>9} {'full':>9} {'eng.mlp':>9} {'numpy':>9} {'ort':>9} {'floor':>7} "
-          f"{'mlp/ort':>8} {'full/ort':>9} {'json/ort':>9} | {'scan':>6} {'encode':>6} {'embed':>6}"
-          "   (us per ad)")
+          f"{'mlp/ort':>8} {'full/ort':>9} {'json/ort':>9} | {'scan':>6} {'encode':>6} {'embed':>6} | "
+          f"{'int8':>6} {'fp16':>6}   (us per ad)")
 
 
 def _row(r: dict) -> str:
     return (f"{r['batch']:>6} {r['engine_json']:>9.2f} {r['engine_full']:>9.2f} {r['engine_mlp']:>9.2f} "
             f"{r['numpy_mlp']:>9.2f} {r['onnxruntime_mlp']:>9.2f} {r['floor']:>7.2f} "
             f"{r['mlp_vs_ort']:>8.2f} {r['full_vs_ort_mlp']:>9.2f} {r['json_vs_ort_mlp']:>9.2f} | "
-            f"{r['stage_scan']:>6.2f} {r['stage_encode']:>6.2f} {r['stage_embed']:>6.2f}")
+            f"{r['stage_scan']:>6.2f} {r['stage_encode']:>6.2f} {r['stage_embed']:>6.2f} | "
+            f"{r['json_int8']:>6.2f} {r['json_fp16']:>6.2f}")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -305,6 +324,8 @@ def _targets(rows: list[dict]) -> dict:
         r = by[100]
         check(r["json_vs_ort_mlp"] <= 1.5, f"full path from JSON bytes at batch 100 <= 1.5x ONNX "
               f"Runtime's MLP (moonshot 1.3x): {r['json_vs_ort_mlp']:.2f}x")
+        check(r["int8_vs_float32"] <= 1.0, "int8 tables: full path at batch 100 not slower than "
+              f"float32: {r['int8_vs_float32']:.2f}x")
     return {"all_met": ok, "lines": lines}
 
 

@@ -23,11 +23,15 @@ import numpy as np
 from numba import njit
 
 from .config import CACHE, FASTMATH
-from .simd import f32_at, make_sparse_row, make_tile, prefetch_row
+from .simd import f32_at, make_row_accumulate, make_sparse_row, make_tile, prefetch_row
 
 ACT_NONE = 0
 ACT_RELU = 1
 ACT_SIGMOID = 2
+# table storage (``kinds`` of pool_embeddings), contract section 2b
+TABLE_F32 = 0
+TABLE_F16 = 1
+TABLE_INT8_ROWWISE = 2
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
@@ -38,12 +42,19 @@ def _bucket(h, buckets):
     return h % buckets
 
 
+_ACC_F32 = make_row_accumulate("float32")
+_ACC_F16 = make_row_accumulate("float16")
+_ACC_I8 = make_row_accumulate("int8")
+
+
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
-def pool_embeddings(tables, buckets, is_mean, cols, dims, ids, keys, lens, n_slots, row0, n_rows,
-                    e_start, v_start, out, counts):
+def pool_embeddings(tables, kinds, qparams, buckets, is_mean, cols, dims, ids, keys, lens, n_slots,
+                    row0, n_rows, e_start, v_start, out, counts):
     """Pool rows ``row0 .. row0 + n_rows`` of one side's groups into ``out[row - row0, cols[slot]:]``.
 
-    ``tables[slot]`` is the address of the slot's float32 table (C order, ``dims[slot]`` wide).
+    ``tables[slot]`` is the address of the slot's table (C order, ``dims[slot]`` wide) stored as
+    ``kinds[slot]``: float32, float16, or int8 row-wise with float32 (scale, offset) rows at
+    ``qparams[slot]``, read back as ``q * scale + offset`` (contract section 2b).
     Values come run-length encoded: entry ``e`` says ``lens[e]`` consecutive ``ids`` belong to
     ``keys[e] = row * n_slots + slot`` (non-decreasing in row). Each id adds table row
     ``id % buckets[slot]``; mean pooling divides by the value count; a group with no value stays a
@@ -66,9 +77,13 @@ def pool_embeddings(tables, buckets, is_mean, cols, dims, ids, keys, lens, n_slo
         s = (keys[e] - base) % n_slots
         addr = tables[s]
         bk = buckets[s]
-        row_bytes = dims[s] * 4
+        kind = kinds[s]
+        row_bytes = dims[s] * (4 if kind == TABLE_F32 else 2 if kind == TABLE_F16 else 1)
         for q in range(v, v + lens[e]):
-            prefetch_row(addr, _bucket(ids[q], bk), row_bytes)
+            row = _bucket(ids[q], bk)
+            prefetch_row(addr, row, row_bytes)
+            if kind == TABLE_INT8_ROWWISE:
+                prefetch_row(qparams[s], row, 8)
         v += lens[e]
         e += 1
     # pass 2: accumulate
@@ -78,15 +93,23 @@ def pool_embeddings(tables, buckets, is_mean, cols, dims, ids, keys, lens, n_slo
         key = keys[e] - base
         r = key // n_slots
         s = key - r * n_slots
-        table = f32_at(tables[s])
         bk = buckets[s]
         c0 = cols[s]
         dim = dims[s]
         m = lens[e]
-        for q in range(v, v + m):
-            at = np.int64(_bucket(ids[q], bk)) * dim
-            for d in range(dim):
-                out[r, c0 + d] += table[at + d]
+        kind = kinds[s]
+        addr = tables[s]
+        if kind == TABLE_F32:
+            for q in range(v, v + m):
+                _ACC_F32(out, r, c0, addr + np.int64(_bucket(ids[q], bk)) * dim * 4, dim, 1.0, 0.0)
+        elif kind == TABLE_INT8_ROWWISE:
+            qp = f32_at(qparams[s])
+            for q in range(v, v + m):
+                row = np.int64(_bucket(ids[q], bk))
+                _ACC_I8(out, r, c0, addr + row * dim, dim, qp[2 * row], qp[2 * row + 1])
+        else:
+            for q in range(v, v + m):
+                _ACC_F16(out, r, c0, addr + np.int64(_bucket(ids[q], bk)) * dim * 2, dim, 1.0, 0.0)
         counts[key] += m
         v += m
         e += 1
@@ -195,12 +218,12 @@ def dense_layer(x, n, k_in, w, bias, y, act, small_batch, idx, vals):
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
-def context_bias(ctx_tables, ctx_buckets, ctx_mean, ctx_cols, ctx_dims, ctx_ids, ctx_keys,
-                 ctx_lens, w_ctx, b0, x_ctx, counts, c, idx, vals):
+def context_bias(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_cols, ctx_dims,
+                 ctx_ids, ctx_keys, ctx_lens, w_ctx, b0, x_ctx, counts, c, idx, vals):
     """``c = b0 + pooled_context @ W_ctx``: layer 1's context part, once per request."""
     n_slots = ctx_buckets.shape[0]
-    pool_embeddings(ctx_tables, ctx_buckets, ctx_mean, ctx_cols, ctx_dims, ctx_ids, ctx_keys,
-                    ctx_lens, n_slots, 0, 1, 0, 0, x_ctx, counts)
+    pool_embeddings(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_cols, ctx_dims,
+                    ctx_ids, ctx_keys, ctx_lens, n_slots, 0, 1, 0, 0, x_ctx, counts)
     k_in = w_ctx.shape[0]
     dense_axpy(x_ctx, 1, k_in, w_ctx, b0, c, ACT_NONE, idx, vals)
 
@@ -233,8 +256,8 @@ def mlp_rows(x, n, c, w_ad, act0, params, layers, buf_a, buf_b, small_batch, idx
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
-def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, ad_lens, dense,
-            dense_col, c, w_ad, act0, params, layers, n_ads, buf_a, buf_b, counts,
+def forward(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys,
+            ad_lens, dense, dense_col, c, w_ad, act0, params, layers, n_ads, buf_a, buf_b, counts,
             small_batch, idx, vals, out):
     """Score ``n_ads`` ads in chunks of ``buf_a.shape[0]`` rows: pool the ad groups and copy the
     dense features into ``buf_a``, run the layers, and write ad i's pCTR to ``out[i]``. Returns
@@ -247,8 +270,9 @@ def forward(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys, a
     bad = -1
     for row0 in range(0, n_ads, chunk):
         n = min(chunk, n_ads - row0)
-        e, v = pool_embeddings(ad_tables, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys,
-                               ad_lens, n_slots, row0, n, e, v, buf_a, counts)
+        e, v = pool_embeddings(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols,
+                               ad_dims, ad_ids, ad_keys, ad_lens, n_slots, row0, n, e, v, buf_a,
+                               counts)
         for r in range(n):
             for d in range(dense_dim):
                 buf_a[r, dense_col + d] = dense[row0 + r, d]

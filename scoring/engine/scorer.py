@@ -98,18 +98,39 @@ class _Scratch:
     vals: np.ndarray
 
 
+_KINDS = {"float32": kernels.TABLE_F32, "float16": kernels.TABLE_F16,
+          "int8_rowwise": kernels.TABLE_INT8_ROWWISE}
+
+
 class _SidePlan:
     """Kernel arguments for one side's groups (context or ad)."""
 
-    def __init__(self, groups, tables) -> None:
-        self.arrays = [_readonly(t) for t in tables]  # kept alive: the kernels get addresses
+    def __init__(self, groups, tables, qparams, dtypes) -> None:
+        # kept alive here: the kernels get addresses
+        self.arrays = [_readonly_table(t) for t in tables]
+        self.qarrays = [None if q is None else _readonly(q) for q in qparams]
         self.tables = np.array([a.ctypes.data for a in self.arrays] or [0], dtype=np.int64)
+        self.qparams = np.array([0 if q is None else q.ctypes.data for q in self.qarrays] or [0],
+                                dtype=np.int64)
+        self.kinds = np.array([_KINDS[d] for d in dtypes] or [0], dtype=np.int64)
         self.buckets = np.array([g.buckets for g in groups], dtype=np.uint64)
         self.mean = np.array([g.pooling == "mean" for g in groups], dtype=np.bool_)
         self.dims = np.array([g.dim for g in groups], dtype=np.int64)
         self.cols = np.concatenate([[0], np.cumsum(self.dims)[:-1]]).astype(np.int64) \
             if len(groups) else np.zeros(0, dtype=np.int64)
         self.width = int(self.dims.sum())
+
+    def args(self) -> tuple:
+        return (self.tables, self.kinds, self.qparams, self.buckets, self.mean, self.cols, self.dims)
+
+
+def _readonly_table(t: np.ndarray) -> np.ndarray:
+    """A C-contiguous read-only view of a table in its stored dtype (no copy of a mapped file)."""
+    a = np.ascontiguousarray(t)
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
 
 
 class Engine:
@@ -127,9 +148,16 @@ class Engine:
         self.chunk = int(chunk)
         self.small_batch = int(small_batch)
 
-        by_name = dict(zip((g.name for g in m.groups), package.tables))
-        self._ctx = _SidePlan(self.layout.ctx_groups, [by_name[g.name] for g in self.layout.ctx_groups])
-        self._ad = _SidePlan(self.layout.ad_groups, [by_name[g.name] for g in self.layout.ad_groups])
+        by_name = {g.name: (t, q, m.table_of(g).dtype)
+                   for g, t, q in zip(m.groups, package.tables, package.qparams)}
+
+        def plan(groups) -> _SidePlan:
+            parts = [by_name[g.name] for g in groups]
+            return _SidePlan(groups, [p[0] for p in parts], [p[1] for p in parts],
+                             [p[2] for p in parts])
+
+        self._ctx = plan(self.layout.ctx_groups)
+        self._ad = plan(self.layout.ad_groups)
         self.dense_col = self._ad.width
 
         # layer 1 split into context rows and ad rows (+ dense rows), in the kernels' column order
@@ -184,12 +212,10 @@ class Engine:
         s = self._take()
         try:
             ctx = self._ctx
-            kernels.context_bias(ctx.tables, ctx.buckets, ctx.mean, ctx.cols, ctx.dims,
-                                 batch.ctx_ids, batch.ctx_keys, batch.ctx_lens, self.w_ctx, self.b0,
-                                 s.x_ctx, s.ctx_counts, s.c, s.idx, s.vals)
+            kernels.context_bias(*ctx.args(), batch.ctx_ids, batch.ctx_keys, batch.ctx_lens,
+                                 self.w_ctx, self.b0, s.x_ctx, s.ctx_counts, s.c, s.idx, s.vals)
             ad = self._ad
-            bad = kernels.forward(ad.tables, ad.buckets, ad.mean, ad.cols, ad.dims,
-                                  batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense,
+            bad = kernels.forward(*ad.args(), batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense,
                                   self.dense_col, s.c, self.w_ad, self.act0, self.params,
                                   self.layers, batch.n_ads, s.buf_a, s.buf_b, s.counts,
                                   self.small_batch, s.idx, s.vals, out)
@@ -282,7 +308,8 @@ class Engine:
 
     def touch_pages(self) -> None:
         """Read one value per page of every table so the first requests do not fault them in."""
-        for table in self._ctx.arrays + self._ad.arrays:
+        for table in self._ctx.arrays + self._ad.arrays + [
+                q for q in self._ctx.qarrays + self._ad.qarrays if q is not None]:
             flat = table.reshape(-1)
             step = max(1, _PAGE // flat.itemsize)
             float(flat[::step].sum())

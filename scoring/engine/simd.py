@@ -252,3 +252,63 @@ def load_le(typingctx, buf, p, nbytes):
         return builder.zext(value, _I64) if width < 64 else value
 
     return sig, codegen
+
+
+def make_row_accumulate(storage: str):
+    """An intrinsic ``acc(out, r, c0, src, dim, scale, offset)``: ``out[r, c0:c0 + dim] += row``,
+    where ``row`` is the table row at address ``src`` stored as ``storage`` ("float32",
+    "float16" or "int8"; an int8 row reads as ``q * scale + offset``, float32 arithmetic),
+    sixteen lanes at a time, the rest one by one.
+
+    Written as IR because LLVM does not vectorise the plain loop: it cannot tell that the
+    output row and a table reached through an address do not overlap."""
+    elem = {"float32": _F32, "float16": ir.HalfType(), "int8": ir.IntType(8)}[storage]
+    align = {"float32": 4, "float16": 2, "int8": 1}[storage]
+
+    def widen(b, value, vec: bool):
+        if storage == "float32":
+            return value
+        ty = _VEC if vec else _F32
+        return b.fpext(value, ty) if storage == "float16" else b.sitofp(value, ty)
+
+    @intrinsic
+    def acc(typingctx, out, r, c0, src, dim, scale, offset):
+        if not (_is_c_matrix(out, 2) and all(isinstance(t, types.Integer) for t in (r, c0, src, dim))
+                and all(isinstance(t, types.Float) for t in (scale, offset))):
+            return None
+        sig = types.void(out, r, c0, src, dim, scale, offset)
+
+        def codegen(context, builder, signature, args):
+            e = _Emitter(context, builder, signature, args)
+            b = builder
+            oa = e.array(0)
+            row0 = b.add(b.mul(e.int64(1), e.row_stride(oa)), e.int64(2))
+            out_p = b.gep(oa.data, [row0])
+            src_p = b.inttoptr(e.int64(3), elem.as_pointer())
+            dim_v = e.int64(4)
+            sc = context.cast(b, args[5], signature.args[5], types.float32)
+            of = context.cast(b, args[6], signature.args[6], types.float32)
+            sc_v, of_v = e.splat(sc), e.splat(of)
+            vec_ty = ir.VectorType(elem, LANES)
+            n_vec = b.sdiv(dim_v, _I64(LANES))
+            with cgutils.for_range(b, n_vec) as loop:
+                j = b.mul(loop.index, _I64(LANES))
+                raw = b.load(b.bitcast(b.gep(src_p, [j]), vec_ty.as_pointer()), align=align)
+                x = widen(b, raw, True)
+                if storage == "int8":
+                    x = b.call(e.fma, [x, sc_v, of_v])
+                o = e.load_vec(b.gep(out_p, [j]), 0)
+                e.store_vec(b.fadd(o, x), b.gep(out_p, [j]), 0)
+            start = b.mul(n_vec, _I64(LANES))
+            with cgutils.for_range(b, b.sub(dim_v, start)) as loop:
+                j = b.add(start, loop.index)
+                x = widen(b, b.load(b.gep(src_p, [j]), align=align), False)
+                if storage == "int8":
+                    x = b.fadd(b.fmul(x, sc), of)
+                p = b.gep(out_p, [j])
+                b.store(b.fadd(b.load(p, align=4), x), p, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return acc

@@ -1,4 +1,5 @@
-"""``ctr-model``: write the demo package, inspect or verify a package."""
+"""``ctr-model``: write the demo package, inspect or verify a package, convert its tables to a
+compact dtype (int8 row-wise, float16)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,33 @@ def _inspect(path: str) -> dict:
     m = pkg.manifest
     return {
         "path": str(pkg.path), "name": m.name, "version": m.version, "md5": pkg.md5,
+        "format_version": m.format_version,
         "input_dim": m.input_dim, "dense_dim": m.dense_dim, "bytes": pkg.nbytes,
+        "tables": {name: {"rows": t.rows, "dim": t.dim, "dtype": t.dtype, "bytes": nbytes,
+                          "bytes_as_float32": t.rows * t.dim * 4}
+                   for (name, nbytes), t in ((item, m.tables[item[0]])
+                                             for item in pkg.table_bytes().items())},
         "groups": [{"name": g.name, "side": g.side, "buckets": g.buckets, "dim": g.dim,
-                    "pooling": g.pooling} for g in m.groups],
+                    "pooling": g.pooling, "table": g.table_name} for g in m.groups],
         "layers": [{"shape": list(w.shape), "activation": layer.activation}
                    for layer, w in zip(m.layers, pkg.weights)],
     }
+
+
+def _quantize(args) -> dict:
+    from .quantize import compare, convert
+
+    t0 = time.perf_counter()
+    out = convert(args.src, args.out, tables=args.tables, version=args.version)
+    base, small = load_package(args.src), load_package(out)
+    before, after = base.table_bytes(), small.table_bytes()
+    report = {"wrote": str(out), "seconds": round(time.perf_counter() - t0, 1),
+              "tables": {k: {"bytes_before": before[k], "bytes_after": after[k],
+                             "ratio": round(after[k] / before[k], 4)} for k in after},
+              "table_bytes_before": sum(before.values()), "table_bytes_after": sum(after.values())}
+    report["table_bytes_ratio"] = round(report["table_bytes_after"] / report["table_bytes_before"], 4)
+    report["pctr_vs_float32"] = compare(base, small, n_requests=max(1, args.requests))
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     ins.add_argument("dir")
     ver = sub.add_parser("verify", help="check checksums and validate; non-zero exit on failure")
     ver.add_argument("dir")
+    qz = sub.add_parser("quantize", help="copy a float32 package with compact tables (format 2) and "
+                        "print the bytes saved and the pCTR error against float32")
+    qz.add_argument("src", help="the float32 package")
+    qz.add_argument("out", help="directory to write (created)")
+    qz.add_argument("--tables", choices=("int8", "fp16"), required=True,
+                    help="int8: int8 row-wise (scale and offset per row); fp16: float16")
+    qz.add_argument("--version", default=None, help="version of the new package (default: the same)")
+    qz.add_argument("--requests", type=int, default=20,
+                    help="generated 100-ad requests to measure the pCTR error on (default 20)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "demo":
@@ -48,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path} in {time.perf_counter() - t0:.1f}s")
         elif args.cmd == "inspect":
             print(json.dumps(_inspect(args.dir), indent=2))
+        elif args.cmd == "quantize":
+            print(json.dumps(_quantize(args), indent=2))
         else:
             pkg = load_package(args.dir)
             print(f"OK {pkg.manifest.name} {pkg.manifest.version} md5 {pkg.md5} "

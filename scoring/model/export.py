@@ -31,13 +31,26 @@ class Group:
 def export_numpy(out: str | os.PathLike, *, name: str, version: str, groups: Sequence[Group],
                  weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
                  dense_dim: int = 0, activations: Sequence[str] | None = None,
-                 extra: Mapping[str, Any] | None = None) -> Path:
+                 extra: Mapping[str, Any] | None = None, tables: str = "float32") -> Path:
     """Write a package from arrays. Weights are ``[in, out]``; hidden layers default to ReLU and
-    the last to sigmoid. ``extra`` adds optional manifest fields (e.g. training metadata)."""
+    the last to sigmoid. ``extra`` adds optional manifest fields (e.g. training metadata).
+    ``tables="int8"`` or ``"fp16"`` stores the embedding tables compact (int8 row-wise or
+    float16), which makes a format 2 package (:mod:`scoring.model.quantize`)."""
     if len(weights) != len(biases):
         raise PackageError(f"export: {len(weights)} weights but {len(biases)} biases")
     if activations is None:
         activations = ["relu"] * (len(weights) - 1) + ["sigmoid"]
+    if tables != "float32":
+        if list(activations) != ["relu"] * (len(weights) - 1) + ["sigmoid"]:
+            raise PackageError("export: compact tables need ReLU hidden layers and a sigmoid last layer")
+        from .quantize import GroupArrays, format2_package
+        for g in groups:
+            if np.ndim(g.table) != 2:
+                raise PackageError(f"export: group {g.name!r} table must be 2-D [buckets, dim], "
+                                   f"got shape {list(np.shape(g.table))}")
+        return format2_package(out, name=name, version=version, groups=[
+            GroupArrays(g.name, g.side, g.pooling, g.name, np.asarray(g.table)) for g in groups],
+            weights=weights, biases=biases, dense_dim=dense_dim, tables=tables, extra=extra)
     arrays: dict[str, np.ndarray] = {}
     groups_json = []
     for g in groups:
@@ -62,11 +75,12 @@ def export_numpy(out: str | os.PathLike, *, name: str, version: str, groups: Seq
 
 
 def export_torch(out: str | os.PathLike, embeddings: Mapping[str, Any], mlp: Any, *, name: str,
-                 version: str, sides: Mapping[str, str], dense_dim: int = 0) -> Path:
+                 version: str, sides: Mapping[str, str], dense_dim: int = 0,
+                 tables: str = "float32") -> Path:
     """Write a package from a PyTorch model built as per-group ``nn.EmbeddingBag`` (mode
     ``sum``/``mean``; ``embeddings`` in MLP input order) and an ``nn.Sequential`` of
     ``Linear``/``ReLU`` ending in ``Linear(., 1)``, ``Sigmoid``. ``sides`` maps each group to
-    ``"context"`` or ``"ad"``."""
+    ``"context"`` or ``"ad"``. ``tables``: as for :func:`export_numpy`."""
     import torch
     from torch import nn
 
@@ -100,7 +114,8 @@ def export_torch(out: str | os.PathLike, embeddings: Mapping[str, Any], mlp: Any
         raise PackageError(f"export_torch: Linear layer {i} has no activation after it")
     with torch.no_grad():
         return export_numpy(out, name=name, version=version, groups=groups, weights=weights,
-                            biases=biases, dense_dim=dense_dim, activations=activations)
+                            biases=biases, dense_dim=dense_dim, activations=activations,
+                            tables=tables)
 
 
 def _numpy(t: Any) -> np.ndarray:

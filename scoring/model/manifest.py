@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 FORMAT = "ctr-mlp"
 FORMAT_VERSION = 1
+FORMAT_V2 = "ctr-model"  # format 2 (contract section 2b): see ``format2``
+TABLE_DTYPES = ("float32", "float16", "int8_rowwise")
 MANIFEST = "manifest.json"
 CHECKSUMS = "checksums.md5"
 SIDES = ("context", "ad")
@@ -33,8 +35,27 @@ class PackageError(ValueError):
 
 
 @dataclass(frozen=True)
+class TableSpec:
+    """One embedding table: ``rows`` x ``dim`` of ``dtype`` in ``file``; an ``int8_rowwise``
+    table has a float32 ``[rows, 2]`` (scale, offset) file ``qparams``."""
+
+    name: str
+    file: str
+    rows: int
+    dim: int
+    dtype: str = "float32"
+    qparams: str | None = None
+
+    def files(self) -> list[str]:
+        return [self.file] + ([self.qparams] if self.qparams else [])
+
+
+@dataclass(frozen=True)
 class GroupSpec:
-    """One feature group: an embedding table pooled into ``dim`` inputs of the MLP."""
+    """One feature group: an embedding table pooled into ``dim`` inputs of the MLP.
+
+    ``table`` is the table's file, ``table_name`` its key in ``Manifest.tables`` (format 1:
+    the group's own name; format 2 lets several groups share one table)."""
 
     name: str
     side: str
@@ -42,6 +63,7 @@ class GroupSpec:
     dim: int
     pooling: str
     table: str
+    table_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,17 +85,24 @@ class Manifest:
     dense_dim: int
     layers: tuple[LayerSpec, ...]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    format_version: int = FORMAT_VERSION
+    tables: Mapping[str, TableSpec] = field(default_factory=dict, compare=False)
 
     @property
     def input_dim(self) -> int:
         return sum(g.dim for g in self.groups) + self.dense_dim
 
+    def table_of(self, group: GroupSpec) -> TableSpec:
+        return self.tables[group.table_name]
+
     def files(self) -> list[str]:
-        """Every array file the manifest names, in manifest order."""
-        names = [g.table for g in self.groups]
+        """Every array file the manifest names, each once, in manifest order."""
+        names: list[str] = []
+        for table in self.tables.values():
+            names += table.files()
         for layer in self.layers:
             names += [layer.weight, layer.bias]
-        return names
+        return list(dict.fromkeys(names))
 
 
 # ----------------------------------------------------------------------------- names and paths
@@ -138,11 +167,16 @@ def parse_manifest(raw: Any) -> Manifest:
     if not isinstance(raw, dict):
         raise PackageError(f"{MANIFEST}: expected a JSON object, got {type(raw).__name__}")
     fmt = _field(raw, "format", str, "")
-    if fmt != FORMAT:
-        raise PackageError(f"{MANIFEST}: format must be {FORMAT!r}, got {fmt!r}")
     fv = _field(raw, "format_version", int, "")
+    if fmt == FORMAT_V2 and fv == 2:
+        from .format2 import parse_format2
+        return parse_format2(raw)
+    if fmt != FORMAT:
+        raise PackageError(f"{MANIFEST}: format must be {FORMAT!r} (format_version 1) or "
+                           f"{FORMAT_V2!r} (format_version 2), got {fmt!r}")
     if fv != FORMAT_VERSION:
-        raise PackageError(f"{MANIFEST}: format_version must be {FORMAT_VERSION}, got {fv!r}")
+        raise PackageError(f"{MANIFEST}: format_version must be {FORMAT_VERSION} for format "
+                           f"{FORMAT!r}, got {fv!r}")
     name = check_name(_field(raw, "name", str, ""), f"{MANIFEST}: name")
     version = check_name(_field(raw, "version", str, ""), f"{MANIFEST}: version")
     dense_dim = _positive_int(raw, "dense_dim", "", minimum=0) if "dense_dim" in raw else 0
@@ -170,6 +204,7 @@ def parse_manifest(raw: Any) -> Manifest:
             dim=_positive_int(g, "dim", where),
             pooling=_choice(g, "pooling", POOLINGS, where),
             table=check_relative_path(_field(g, "table", str, where), f"{MANIFEST}: {where}table"),
+            table_name=gname,
         ))
 
     layers_raw = _field(raw, "layers", list, "")
@@ -194,8 +229,9 @@ def parse_manifest(raw: Any) -> Manifest:
         ))
     if sum(g.dim for g in groups) + dense_dim == 0:
         raise PackageError(f"{MANIFEST}: the model has no inputs (no groups and dense_dim 0)")
+    tables = {g.name: TableSpec(g.name, g.table, g.buckets, g.dim) for g in groups}
     manifest = Manifest(name=name, version=version, groups=tuple(groups), dense_dim=dense_dim,
-                        layers=tuple(layers), raw=raw)
+                        layers=tuple(layers), raw=raw, tables=tables)
     files = manifest.files()
     if CHECKSUMS in files or MANIFEST in files:
         raise PackageError(f"{MANIFEST}: arrays may not be named {MANIFEST} or {CHECKSUMS}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from .checksums import read_checksums, verify_checksums
 from .manifest import CHECKSUMS, MANIFEST, Manifest, PackageError, read_manifest
 
 FLOAT32_LE = np.dtype("<f4")
+TABLE_NUMPY_DTYPES = {"float32": FLOAT32_LE, "float16": np.dtype("<f2"), "int8_rowwise": np.dtype("i1")}
 _FINITE_CHUNK_BYTES = 4 << 20
 
 
@@ -34,17 +35,30 @@ class ModelPackage:
     biases: list[np.ndarray]
     checksums: dict[str, str]
     md5: str  # md5 of checksums.md5: one identity for the whole package
+    # per group, like ``tables``: the int8_rowwise table's [rows, 2] (scale, offset), else None
+    qparams: list[np.ndarray | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.qparams:
+            self.qparams = [None] * len(self.tables)
+
+    def table_bytes(self) -> dict[str, int]:
+        """Bytes of each table (with its qparams), by table name; a shared table counts once."""
+        out: dict[str, int] = {}
+        for g, t, q in zip(self.manifest.groups, self.tables, self.qparams):
+            out[g.table_name] = t.nbytes + (q.nbytes if q is not None else 0)
+        return out
 
     @property
     def nbytes(self) -> int:
-        arrays = self.tables + self.weights + self.biases
-        return sum(a.nbytes for a in arrays)
+        return sum(self.table_bytes().values()) + sum(a.nbytes for a in self.weights + self.biases)
 
 
 # ----------------------------------------------------------------------------- arrays
 
 
-def _open_array(root: Path, name: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+def _open_array(root: Path, name: str, shape: tuple[int, ...], what: str,
+                dtype: np.dtype = FLOAT32_LE, dtype_name: str = "little-endian float32") -> np.ndarray:
     path = root / name
     if path.is_symlink() or not path.is_file():
         raise PackageError(f"{name}: missing ({what})")
@@ -52,8 +66,8 @@ def _open_array(root: Path, name: str, shape: tuple[int, ...], what: str) -> np.
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # truncated, not .npy, object arrays, ...
         raise PackageError(f"{name}: cannot be read as a .npy array ({exc})") from None
-    if arr.dtype != FLOAT32_LE:
-        raise PackageError(f"{name}: dtype must be little-endian float32 ('<f4'), got {arr.dtype.str!r}")
+    if arr.dtype != dtype:
+        raise PackageError(f"{name}: dtype must be {dtype_name} ({dtype.str!r}), got {arr.dtype.str!r}")
     if arr.shape != shape:
         raise PackageError(f"{name}: shape must be {list(shape)} ({what}), got {list(arr.shape)}")
     if not arr.flags.c_contiguous:
@@ -99,8 +113,17 @@ def load_package(root: str | os.PathLike, *, verify: bool = True, finite: bool =
             raise PackageError(f"{name}: named in {MANIFEST} but missing from the package "
                                f"(not listed in {CHECKSUMS})")
 
-    tables = [_open_array(root, g.table, (g.buckets, g.dim), f"groups '{g.name}' table [buckets, dim]")
-              for g in manifest.groups]
+    opened: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for t in manifest.tables.values():
+        what = (f"groups '{t.name}' table [buckets, dim]" if manifest.format_version == 1
+                else f"table '{t.name}' [rows, dim], {t.dtype}")
+        arr = _open_array(root, t.file, (t.rows, t.dim), what, TABLE_NUMPY_DTYPES[t.dtype],
+                          "int8" if t.dtype == "int8_rowwise" else f"little-endian {t.dtype}")
+        q = None if t.qparams is None else _open_array(
+            root, t.qparams, (t.rows, 2), f"table '{t.name}' qparams [rows, 2] (scale, offset)")
+        opened[t.name] = (arr, q)
+    tables = [opened[g.table_name][0] for g in manifest.groups]
+    qparams = [opened[g.table_name][1] for g in manifest.groups]
     weights, biases = [], []
     fan_in = manifest.input_dim
     for i, layer in enumerate(manifest.layers):
@@ -128,13 +151,17 @@ def load_package(root: str | os.PathLike, *, verify: bool = True, finite: bool =
         raise PackageError(f"{manifest.layers[-1].weight}: the last layer must have 1 output "
                            f"(the pCTR), got {fan_in}")
     if finite:
-        named = [(g.table, t) for g, t in zip(manifest.groups, tables)]
+        named = [(t.file, arr) for t, (arr, _) in ((manifest.tables[k], v) for k, v in opened.items())
+                 if arr.dtype.kind == "f"]
+        named += [(t.qparams, q) for t, (_, q) in ((manifest.tables[k], v) for k, v in opened.items())
+                  if q is not None]
         for layer, w, b in zip(manifest.layers, weights, biases):
             named += [(layer.weight, w), (layer.bias, b)]
         for name, arr in named:
             check_finite(arr, name)
     return ModelPackage(path=root, manifest=manifest, tables=tables, weights=weights,
-                        biases=biases, checksums=sums, md5=hashlib.md5(listed).hexdigest())
+                        biases=biases, checksums=sums, md5=hashlib.md5(listed).hexdigest(),
+                        qparams=qparams)
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:

@@ -26,13 +26,24 @@ def value_ids(value: Any) -> list[int]:
     return ids
 
 
-def group_vector(table: np.ndarray, buckets: int, pooling: str, value: Any) -> np.ndarray:
+def table_row(table: np.ndarray, qparams: np.ndarray | None, r: int) -> np.ndarray:
+    """Row ``r`` as the contract defines it (section 2b): float32 and float16 rows as stored;
+    an int8_rowwise row is ``q[r] * qparams[r, 0] + qparams[r, 1]``, computed in float32."""
+    if qparams is None:
+        return np.asarray(table[r], dtype=np.float64)
+    scale, offset = np.float32(qparams[r, 0]), np.float32(qparams[r, 1])
+    return np.array([np.float32(np.float32(q) * scale) + offset for q in table[r]],
+                    dtype=np.float32).astype(np.float64)
+
+
+def group_vector(table: np.ndarray, buckets: int, pooling: str, value: Any,
+                 qparams: np.ndarray | None = None) -> np.ndarray:
     if value is None:
         return np.zeros(table.shape[1])
     ids = value_ids(value)
     if not ids:
         return np.zeros(table.shape[1])
-    rows = np.array([table[i % buckets] for i in ids], dtype=np.float64)
+    rows = np.array([table_row(table, qparams, i % buckets) for i in ids], dtype=np.float64)
     return rows.sum(axis=0) if pooling == "sum" else rows.mean(axis=0)
 
 
@@ -43,9 +54,9 @@ def mlp_input(package: ModelPackage, context: Mapping[str, Any] | None,
     context = context or {}
     features = ad.get("features") or {}
     parts = []
-    for g, table in zip(m.groups, package.tables):
+    for g, table, qp in zip(m.groups, package.tables, package.qparams):
         source = context if g.side == "context" else features
-        parts.append(group_vector(table, g.buckets, g.pooling, source.get(g.name)))
+        parts.append(group_vector(table, g.buckets, g.pooling, source.get(g.name), qp))
     dense = ad.get("dense") or []
     parts.append(np.asarray(dense, dtype=np.float64).reshape(m.dense_dim))
     return np.concatenate(parts)

@@ -63,6 +63,34 @@ def test_torch_export_scores_like_torch(tmp_path):
     np.testing.assert_allclose(got, reference_scores(pkg, ctx, ads), atol=1e-5)
 
 
+@pytest.mark.parametrize("tables", ["int8", "fp16"])
+def test_torch_export_with_compact_tables_scores_like_torch_on_the_stored_rows(tmp_path, tables):
+    """The exporter's compact option: torch, given each table as the package stores it (int8
+    codes * scale + offset, or float16, read back with NumPy by the definition), agrees with the
+    engine; and the package stays within the quantization error of the float32 model."""
+    embeddings, mlp = _torch_model(1)
+    sides = {"user_id": "context", "ad_id": "ad", "category": "ad"}
+    path = export_torch(tmp_path / tables, embeddings, mlp, name="torchctr", version="1",
+                        sides=sides, dense_dim=2, tables=tables)
+    pkg = load_package(path)
+    assert pkg.manifest.format_version == 2
+    rng = np.random.default_rng(4)
+    ctx = {"user_id": ["u1", "u7"]}
+    ads = [{"features": {"ad_id": f"a{i}", "category": [f"c{j}" for j in range(i % 3)]},
+            "dense": [float(x) for x in rng.standard_normal(2)]} for i in range(30)]
+    buckets = {name: bag.num_embeddings for name, bag in embeddings.items()}
+    want_f32 = _torch_forward(embeddings, mlp, ctx, ads, buckets)
+    with torch.no_grad():
+        for g, table, qp in zip(pkg.manifest.groups, pkg.tables, pkg.qparams):
+            stored = (np.asarray(table, np.float32) if qp is None else
+                      np.asarray(table, np.float32) * qp[:, :1] + qp[:, 1:])
+            embeddings[g.name].weight.copy_(torch.from_numpy(stored.astype(np.float32)))
+    want = _torch_forward(embeddings, mlp, ctx, ads, buckets)
+    got = Engine(pkg).score(ctx, ads)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(got - want_f32).max() < (5e-3 if tables == "int8" else 5e-4)
+
+
 def test_torch_export_rejects_unsupported_structures(tmp_path):
     embeddings, _ = _torch_model(1)
     sides = {"user_id": "context", "ad_id": "ad", "category": "ad"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 from scoring.model.package import load_package
+from scoring.model.quantize import convert
 from scoring.sync import SyncConfig, start_background_sync
 from scoring.sync.syncer import FAILED, INSTALLED, UNCHANGED, Syncer
 
@@ -62,3 +63,14 @@ def test_unusable_repository_is_a_failed_cycle_not_a_crash(tmp_path):
     (tmp_path / "repo").write_text("not a directory")
     result = Syncer(config(tmp_path)).cycle()
     assert result.status == FAILED and result.message.startswith(f"local repository {tmp_path / 'repo'}")
+
+
+def test_a_compact_package_syncs_with_its_qparams(tmp_path):
+    """The syncer copies every file the manifest names, qparams included."""
+    src = make_model(tmp_path / "f32", version="v1")
+    convert(src, tmp_path / "remote", tables="int8")
+    shutil.rmtree(src)
+    syncer = Syncer(config(tmp_path))
+    assert syncer.cycle().status == INSTALLED
+    pkg = load_package(syncer.repo.path("ctr", "v1"))
+    assert all(q is not None for q in pkg.qparams)
