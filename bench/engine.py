@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 from scoring.engine import Engine  # noqa: E402
+from scoring.engine.codegen import target_has  # noqa: E402
 from scoring.engine.config import CODEGEN  # noqa: E402
 from scoring.model.demo import write_demo  # noqa: E402
 from scoring.model.package import load_package  # noqa: E402
@@ -48,6 +49,7 @@ from scoring.model.package import load_package  # noqa: E402
 from .onnx_mlp import onnx_session  # noqa: E402
 
 BATCHES = (1, 8, 32, 100, 256, 1000)
+BF16_NATIVE = target_has("avx512bf16")
 SEED_JAVA_US = 650.0
 SEED_TFSERVING_US = 4800.0
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,12 +64,16 @@ def demo_model(path: Path | None) -> Path:
 
 
 def compact_model(path: Path, tables: str) -> Path:
-    """The demo package with ``tables`` (int8 / fp16) tables, converted once and reused."""
+    """The demo package with ``tables`` (int8 / fp16) tables or a bf16 MLP (``tables="bf16"``),
+    converted once and reused."""
     from scoring.model.quantize import convert
 
     out = path.parent / f"{path.name}-{tables}"
     if not (out / "checksums.md5").is_file():
-        convert(path, out, tables=tables)
+        if tables == "bf16":
+            convert(path, out, mlp="bf16")
+        else:
+            convert(path, out, tables=tables)
     return out
 
 
@@ -142,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
     model_dir = demo_model(args.model)
     pkg = load_package(model_dir)
     engine = Engine(pkg)
-    compact = {t: Engine(load_package(compact_model(model_dir, t))) for t in ("int8", "fp16")}
+    compact = {t: Engine(load_package(compact_model(model_dir, t))) for t in ("int8", "fp16", "bf16")}
     ort = onnx_session(pkg, threads=1)
     np_mlp = numpy_mlp(pkg)
     m = pkg.manifest
@@ -174,6 +180,7 @@ def run(args: argparse.Namespace) -> dict:
             "stage_embed_mlp": lambda: engine.score_encoded(scanned),
             "engine_full": lambda: engine.score(ctx, ads),
             "engine_mlp": lambda: engine.mlp(x_ctx, x_ad),
+            "mlp_bf16": lambda: compact["bf16"].mlp(x_ctx, x_ad),
             "numpy_mlp": lambda: np_mlp(x),
             "onnxruntime_mlp": lambda: ort.run(None, {"x": x}),
         }
@@ -188,6 +195,7 @@ def run(args: argparse.Namespace) -> dict:
         res["json_vs_ort_mlp"] = res["engine_json"] / res["onnxruntime_mlp"]
         res["int8_vs_float32"] = res["json_int8"] / res["engine_json"]
         res["fp16_vs_float32"] = res["json_fp16"] / res["engine_json"]
+        res["bf16_speedup"] = res["engine_mlp"] / res["mlp_bf16"]
         rows.append(res)
         print(_row(res), flush=True)
     return {"rows": rows, "gemm_peak_gflops": peak, "flops_per_ad": flops_full,
@@ -237,7 +245,7 @@ def cpu_model() -> str:
 
 HEADER = (f"{'batch':>6} {'json':>9} {'full':>9} {'eng.mlp':>9} {'numpy':>9} {'ort':>9} {'floor':>7} "
           f"{'mlp/ort':>8} {'full/ort':>9} {'json/ort':>9} | {'scan':>6} {'encode':>6} {'embed':>6} | "
-          f"{'int8':>6} {'fp16':>6}   (us per ad)")
+          f"{'int8':>6} {'fp16':>6} | {'bf16mlp':>7} {'x':>5}   (us per ad)")
 
 
 def _row(r: dict) -> str:
@@ -245,7 +253,8 @@ def _row(r: dict) -> str:
             f"{r['numpy_mlp']:>9.2f} {r['onnxruntime_mlp']:>9.2f} {r['floor']:>7.2f} "
             f"{r['mlp_vs_ort']:>8.2f} {r['full_vs_ort_mlp']:>9.2f} {r['json_vs_ort_mlp']:>9.2f} | "
             f"{r['stage_scan']:>6.2f} {r['stage_encode']:>6.2f} {r['stage_embed']:>6.2f} | "
-            f"{r['json_int8']:>6.2f} {r['json_fp16']:>6.2f}")
+            f"{r['json_int8']:>6.2f} {r['json_fp16']:>6.2f} | {r['mlp_bf16']:>7.2f} "
+            f"{r['bf16_speedup']:>5.2f}")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -326,6 +335,8 @@ def _targets(rows: list[dict]) -> dict:
               f"Runtime's MLP (moonshot 1.3x): {r['json_vs_ort_mlp']:.2f}x")
         check(r["int8_vs_float32"] <= 1.0, "int8 tables: full path at batch 100 not slower than "
               f"float32: {r['int8_vs_float32']:.2f}x")
+        check(r["bf16_speedup"] >= 1.5, "bf16 MLP >= 1.5x faster than float32 at batch 100 "
+              f"(AVX512-BF16: {BF16_NATIVE}): {r['bf16_speedup']:.2f}x")
     return {"all_met": ok, "lines": lines}
 
 

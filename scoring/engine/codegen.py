@@ -107,3 +107,13 @@ def apply() -> Choice:
 def current() -> Choice:
     """The choice this process runs with (deciding it if nothing has yet)."""
     return apply()
+
+
+def target_has(feature: str) -> bool:
+    """Whether the code the kernels are compiled to may use ``feature`` (e.g. "avx512bf16")."""
+    import llvmlite.binding as ll
+    from numba.core import config
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else \
+        ll.get_host_cpu_features().flatten()
+    return f"+{feature}" in features.split(",")

@@ -23,11 +23,22 @@ import numpy as np
 from numba import njit
 
 from .config import CACHE, FASTMATH
-from .simd import f32_at, make_row_accumulate, make_sparse_row, make_tile, prefetch_row
+from .simd import (
+    f32_at,
+    make_bf16_tile,
+    make_row_accumulate,
+    make_sparse_row,
+    make_tile,
+    prefetch_row,
+)
 
 ACT_NONE = 0
 ACT_RELU = 1
 ACT_SIGMOID = 2
+# MLP precision (``prec``): float32; bf16 on float32 kernels; bf16 on AVX512-BF16 tiles
+PREC_F32 = 0
+PREC_BF16 = 1
+PREC_BF16_NATIVE = 2
 # table storage (``kinds`` of pool_embeddings), contract section 2b
 TABLE_F32 = 0
 TABLE_F16 = 1
@@ -219,25 +230,93 @@ def dense_layer(x, n, k_in, w, bias, y, act, small_batch, idx, vals):
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def context_bias(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_cols, ctx_dims,
-                 ctx_ids, ctx_keys, ctx_lens, w_ctx, b0, x_ctx, counts, c, idx, vals):
+                 ctx_ids, ctx_keys, ctx_lens, w_ctx, b0, x_ctx, counts, c, idx, vals, prec):
     """``c = b0 + pooled_context @ W_ctx``: layer 1's context part, once per request."""
     n_slots = ctx_buckets.shape[0]
     pool_embeddings(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_cols, ctx_dims,
                     ctx_ids, ctx_keys, ctx_lens, n_slots, 0, 1, 0, 0, x_ctx, counts)
     k_in = w_ctx.shape[0]
+    if prec != PREC_F32:
+        round_bf16(x_ctx, 1, k_in)
     dense_axpy(x_ctx, 1, k_in, w_ctx, b0, c, ACT_NONE, idx, vals)
 
 
+@njit(cache=CACHE, nogil=True, _nrt=False)
+def round_bf16(x, n, k):
+    """``x[:n, :k]`` rounded to bfloat16 in place (to nearest, ties to even; kept as float32)."""
+    u = x.view(np.uint32)
+    for a in range(n):
+        for j in range(k):
+            b = np.uint64(u[a, j])
+            u[a, j] = np.uint32((b + np.uint64(0x7FFF) + ((b >> np.uint64(16)) & np.uint64(1)))
+                                & np.uint64(0xFFFF0000))
+
+
+@njit(cache=CACHE, nogil=True, _nrt=False)
+def pack_bf16_pairs(x, n, k, xp):
+    """``xp[a, i]`` = the bf16 of ``x[a, 2i]`` (low half) and ``x[a, 2i + 1]`` (high half), for
+    ``x`` already rounded (``round_bf16``); an odd last input pairs with zero."""
+    u = x.view(np.uint32)
+    half = k // 2
+    for a in range(n):
+        for i in range(half):
+            xp[a, i] = (u[a, 2 * i] >> np.uint32(16)) | (u[a, 2 * i + 1] & np.uint32(0xFFFF0000))
+        if k % 2:
+            xp[a, half] = u[a, k - 1] >> np.uint32(16)
+
+
+_BTILE6, _BTILE4, _BTILE2, _BTILE1 = (make_bf16_tile(6), make_bf16_tile(4), make_bf16_tile(2),
+                                      make_bf16_tile(1))
+
+
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
-def mlp_rows(x, n, c, w_ad, act0, params, layers, buf_a, buf_b, small_batch, idx, vals):
+def any_layer(x, n, k_in, w, bias, y, act, small_batch, idx, vals, prec, wpack, ptab, li, xp):
+    """One layer at the model's precision. float32: ``dense_layer``. bf16: the inputs rounded to
+    bf16 first (the weights were at load), then the AVX512-BF16 tiles (``PREC_BF16_NATIVE``;
+    neurons that do not fill a vector and the sigmoid layer on float32 kernels, same values) or
+    the float32 kernels throughout. ``ptab[li]`` = (offset in ``wpack``, input pairs, out)."""
+    if prec == PREC_F32:
+        dense_layer(x, n, k_in, w, bias, y, act, small_batch, idx, vals)
+        return
+    round_bf16(x, n, k_in)
+    n_out = w.shape[1]
+    if prec != PREC_BF16_NATIVE or act == ACT_SIGMOID or n_out < 16:
+        dense_layer(x, n, k_in, w, bias, y, act, small_batch, idx, vals)
+        return
+    pack_bf16_pairs(x, n, k_in, xp)
+    wo = ptab[li, 0]
+    k_pairs = ptab[li, 1]
+    wp = wpack[wo:wo + k_pairs * n_out].reshape((k_pairs, n_out))
+    relu = 1 if act == ACT_RELU else 0
+    a = 0
+    j_end = 0
+    while a + 6 <= n:
+        j_end = _BTILE6(xp, a, k_pairs, wp, bias, y, relu)
+        a += 6
+    if a + 4 <= n:
+        j_end = _BTILE4(xp, a, k_pairs, wp, bias, y, relu)
+        a += 4
+    if a + 2 <= n:
+        j_end = _BTILE2(xp, a, k_pairs, wp, bias, y, relu)
+        a += 2
+    if a < n:
+        j_end = _BTILE1(xp, a, k_pairs, wp, bias, y, relu)
+    if j_end < n_out:
+        dense_cols(x, n, k_in, w, bias, y, act, j_end)
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
+def mlp_rows(x, n, c, w_ad, act0, params, layers, buf_a, buf_b, small_batch, idx, vals, prec,
+             wpack, ptab, xp):
     """Layers for ``n`` rows of ad inputs ``x``: layer 1 with the context bias ``c``, then every
     further layer ping-ponging between the two buffers. Returns the buffer holding the output.
 
     Layers after the first live in one flat ``params`` array (one argument instead of a list of
     arrays: a typed list costs ~1 us per call to unbox); row ``li`` of ``layers`` holds
     (weight offset, in, out, bias offset, activation). Returns 0 when the output is in
-    ``buf_a``, 1 when it is in ``buf_b``."""
-    dense_layer(x, n, w_ad.shape[0], w_ad, c, buf_b, act0, small_batch, idx, vals)
+    ``buf_a``, 1 when it is in ``buf_b``. ``prec`` and the rest: see ``any_layer``."""
+    any_layer(x, n, w_ad.shape[0], w_ad, c, buf_b, act0, small_batch, idx, vals, prec, wpack, ptab,
+              0, xp)
     in_b = True
     for li in range(layers.shape[0]):
         wo = layers[li, 0]
@@ -246,11 +325,11 @@ def mlp_rows(x, n, c, w_ad, act0, params, layers, buf_a, buf_b, small_batch, idx
         bo = layers[li, 3]
         w = params[wo:wo + k_in * n_out].reshape((k_in, n_out))
         if in_b:
-            dense_layer(buf_b, n, k_in, w, params[bo:bo + n_out], buf_a, layers[li, 4],
-                        small_batch, idx, vals)
+            any_layer(buf_b, n, k_in, w, params[bo:bo + n_out], buf_a, layers[li, 4],
+                      small_batch, idx, vals, prec, wpack, ptab, li + 1, xp)
         else:
-            dense_layer(buf_a, n, k_in, w, params[bo:bo + n_out], buf_b, layers[li, 4],
-                        small_batch, idx, vals)
+            any_layer(buf_a, n, k_in, w, params[bo:bo + n_out], buf_b, layers[li, 4],
+                      small_batch, idx, vals, prec, wpack, ptab, li + 1, xp)
         in_b = not in_b
     return 1 if in_b else 0
 
@@ -258,7 +337,7 @@ def mlp_rows(x, n, c, w_ad, act0, params, layers, buf_a, buf_b, small_batch, idx
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def forward(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys,
             ad_lens, dense, dense_col, c, w_ad, act0, params, layers, n_ads, buf_a, buf_b, counts,
-            small_batch, idx, vals, out):
+            small_batch, idx, vals, prec, wpack, ptab, xp, out):
     """Score ``n_ads`` ads in chunks of ``buf_a.shape[0]`` rows: pool the ad groups and copy the
     dense features into ``buf_a``, run the layers, and write ad i's pCTR to ``out[i]``. Returns
     the first ad whose pCTR is not a number in [0, 1] (an overflow inside the net), or -1."""
@@ -277,7 +356,7 @@ def forward(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, ad_di
             for d in range(dense_dim):
                 buf_a[r, dense_col + d] = dense[row0 + r, d]
         res = buf_b if mlp_rows(buf_a, n, c[0], w_ad, act0, params, layers, buf_a, buf_b,
-                                small_batch, idx, vals) else buf_a
+                                small_batch, idx, vals, prec, wpack, ptab, xp) else buf_a
         for r in range(n):
             p = res[r, 0]
             out[row0 + r] = p
@@ -288,13 +367,16 @@ def forward(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, ad_di
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
 def mlp(x_ctx, w_ctx, b0, c, x_ad, n_ads, w_ad, act0, params, layers, buf_a, buf_b,
-        small_batch, idx, vals, out):
-    """The MLP alone on pooled inputs: context part once, then the ad rows chunk by chunk."""
+        small_batch, idx, vals, prec, wpack, ptab, xp, out):
+    """The MLP alone on pooled inputs: context part once, then the ad rows chunk by chunk.
+    At bf16 precision the inputs are rounded in place (the caller passes copies)."""
+    if prec != PREC_F32:
+        round_bf16(x_ctx, 1, w_ctx.shape[0])
     dense_axpy(x_ctx, 1, w_ctx.shape[0], w_ctx, b0, c, ACT_NONE, idx, vals)
     chunk = buf_a.shape[0]
     for row0 in range(0, n_ads, chunk):
         n = min(chunk, n_ads - row0)
         res = buf_b if mlp_rows(x_ad[row0:row0 + n], n, c[0], w_ad, act0, params, layers, buf_a,
-                                buf_b, small_batch, idx, vals) else buf_a
+                                buf_b, small_batch, idx, vals, prec, wpack, ptab, xp) else buf_a
         for r in range(n):
             out[row0 + r] = res[r, 0]

@@ -19,7 +19,9 @@ import orjson
 
 from ..errors import InvalidRequest
 from ..model.package import ModelPackage
+from ..model.quantize import bf16_values
 from . import jsonscan, kernels
+from .codegen import target_has
 from .features import EncodedBatch, FeatureLayout
 
 SMALL_BATCH = 1      # up to this many ads per chunk: pruned one-ad form; above: register tiles
@@ -52,6 +54,24 @@ def _flatten_layers(weights, biases, specs) -> tuple[np.ndarray, np.ndarray]:
     params = np.concatenate(pieces) if pieces else np.zeros(16, np.float32)
     layers = np.array(table, dtype=np.int64).reshape(-1, 5)
     return params, layers
+
+
+def pack_layers(weights: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """bf16-valued ``[in, out]`` weights as the AVX512-BF16 tiles read them: ``[in / 2, out]``
+    uint32, row ``i`` holding rows ``2i`` (low half) and ``2i + 1`` (high half), in one flat
+    array (each piece 64-byte aligned), with rows of (offset, input pairs, out)."""
+    pieces, table, offset = [], [], 0
+    for w in weights:
+        k, n = w.shape
+        bits = np.zeros((k + k % 2, n), dtype=np.uint32)
+        bits[:k] = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
+        packed = (bits[0::2] >> 16) | (bits[1::2] & np.uint32(0xFFFF0000))
+        flat = packed.reshape(-1)
+        pad = (-flat.size) % 16
+        pieces.append(np.concatenate([flat, np.zeros(pad, np.uint32)]))
+        table.append([offset, packed.shape[0], n])
+        offset += flat.size + pad
+    return np.concatenate(pieces), np.array(table, dtype=np.int64).reshape(-1, 3)
 
 
 _LITERALS = tuple(np.array(list(word), dtype=np.uint8) for word in
@@ -96,6 +116,7 @@ class _Scratch:
     counts: np.ndarray
     idx: np.ndarray    # non-zero input positions for the axpy form
     vals: np.ndarray
+    xp: np.ndarray     # a layer's inputs as bf16 pairs (bf16 precision on AVX512-BF16)
 
 
 _KINDS = {"float32": kernels.TABLE_F32, "float16": kernels.TABLE_F16,
@@ -163,13 +184,21 @@ class Engine:
         # layer 1 split into context rows and ad rows (+ dense rows), in the kernels' column order
         self.ctx_input_columns = self._column_map(self.layout.ctx_groups, dense=False)
         self.ad_input_columns = self._column_map(self.layout.ad_groups, dense=True)
-        w0 = np.asarray(package.weights[0], dtype=np.float32)
+        self.prec = kernels.PREC_F32
+        prep = np.asarray
+        if m.mlp_precision == "bf16":  # weights rounded once here, inputs in every layer
+            self.prec = kernels.PREC_BF16_NATIVE if target_has("avx512bf16") else kernels.PREC_BF16
+            prep = bf16_values
+        w0 = prep(np.asarray(package.weights[0], dtype=np.float32))
         self.w_ctx = np.ascontiguousarray(w0[self.ctx_input_columns])
         self.w_ad = np.ascontiguousarray(w0[self.ad_input_columns])
         self.b0 = np.array(package.biases[0], dtype=np.float32)
-        rest_w = [np.asarray(w, dtype=np.float32) for w in package.weights[1:]]
+        rest_w = [prep(np.asarray(w, dtype=np.float32)) for w in package.weights[1:]]
         self.act0 = _ACT_CODES[m.layers[0].activation]
         self.params, self.layers = _flatten_layers(rest_w, package.biases[1:], m.layers[1:])
+        self.wpack, self.ptab = (pack_layers([self.w_ad] + rest_w)
+                                 if self.prec == kernels.PREC_BF16_NATIVE else
+                                 (np.zeros(16, np.uint32), np.zeros((1, 3), np.int64)))
         self.out0 = self.w_ad.shape[1]
         self.width = max([self.w_ad.shape[0], self.out0] + [w.shape[1] for w in rest_w])
         self._pool: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
@@ -191,6 +220,8 @@ class Engine:
             counts=np.zeros(self.chunk * n_ad_slots, dtype=np.float32),
             idx=np.zeros(max(self.width, self.w_ctx.shape[0]), dtype=np.int64),
             vals=np.zeros(max(self.width, self.w_ctx.shape[0]), dtype=np.float32),
+            xp=np.zeros((self.chunk, self.width // 2 + 1) if self.prec == kernels.PREC_BF16_NATIVE
+                        else (1, 1), dtype=np.uint32),
         )
 
     def _take(self) -> _Scratch:
@@ -213,12 +244,14 @@ class Engine:
         try:
             ctx = self._ctx
             kernels.context_bias(*ctx.args(), batch.ctx_ids, batch.ctx_keys, batch.ctx_lens,
-                                 self.w_ctx, self.b0, s.x_ctx, s.ctx_counts, s.c, s.idx, s.vals)
+                                 self.w_ctx, self.b0, s.x_ctx, s.ctx_counts, s.c, s.idx, s.vals,
+                                 self.prec)
             ad = self._ad
             bad = kernels.forward(*ad.args(), batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense,
                                   self.dense_col, s.c, self.w_ad, self.act0, self.params,
                                   self.layers, batch.n_ads, s.buf_a, s.buf_b, s.counts,
-                                  self.small_batch, s.idx, s.vals, out)
+                                  self.small_batch, s.idx, s.vals, self.prec, self.wpack,
+                                  self.ptab, s.xp, out)
         finally:
             self._pool.put(s)
         if bad >= 0:
@@ -291,15 +324,16 @@ class Engine:
     def mlp(self, x_ctx: np.ndarray, x_ad: np.ndarray) -> np.ndarray:
         """The MLP alone on pooled inputs (context vector once, ad rows in kernel column order);
         for benchmarks and tests."""
-        x_ctx = np.ascontiguousarray(x_ctx, dtype=np.float32).reshape(1, -1)
-        x_ad = np.ascontiguousarray(x_ad, dtype=np.float32)
+        x_ctx = np.array(x_ctx, dtype=np.float32, order="C").reshape(1, -1)  # copies: bf16
+        x_ad = np.array(x_ad, dtype=np.float32, order="C")                   # rounds in place
         n = x_ad.shape[0]
         out = np.empty(n, dtype=np.float32)
         s = self._take()
         try:
             kernels.mlp(x_ctx, self.w_ctx, self.b0, s.c, x_ad, n, self.w_ad,
                         self.act0, self.params, self.layers, s.buf_a, s.buf_b,
-                        self.small_batch, s.idx, s.vals, out)
+                        self.small_batch, s.idx, s.vals, self.prec, self.wpack, self.ptab, s.xp,
+                        out)
         finally:
             self._pool.put(s)
         return out

@@ -35,7 +35,9 @@ def _quantize(args) -> dict:
     from .quantize import compare, convert
 
     t0 = time.perf_counter()
-    out = convert(args.src, args.out, tables=args.tables, version=args.version)
+    if args.tables == "float32" and args.mlp == "float32":
+        raise PackageError("quantize: nothing to do; give --tables int8|fp16 and/or --mlp bf16")
+    out = convert(args.src, args.out, tables=args.tables, mlp=args.mlp, version=args.version)
     base, small = load_package(args.src), load_package(out)
     before, after = base.table_bytes(), small.table_bytes()
     report = {"wrote": str(out), "seconds": round(time.perf_counter() - t0, 1),
@@ -65,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                         "print the bytes saved and the pCTR error against float32")
     qz.add_argument("src", help="the float32 package")
     qz.add_argument("out", help="directory to write (created)")
-    qz.add_argument("--tables", choices=("int8", "fp16"), required=True,
+    qz.add_argument("--tables", choices=("int8", "fp16", "float32"), default="float32",
                     help="int8: int8 row-wise (scale and offset per row); fp16: float16")
+    qz.add_argument("--mlp", choices=("bf16", "float32"), default="float32",
+                    help="bf16: the MLP in bfloat16 with float32 sums (AVX512-BF16 where the CPU "
+                         "has it)")
     qz.add_argument("--version", default=None, help="version of the new package (default: the same)")
     qz.add_argument("--requests", type=int, default=20,
                     help="generated 100-ad requests to measure the pCTR error on (default 20)")

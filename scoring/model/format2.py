@@ -9,6 +9,10 @@ activation, and one output applying ``sigmoid`` to it. The other ops, poolings a
 contract defines (``fm2``, ``cross``, ``linear_ids``, several outputs, ``sqrtn``,
 ``weighted_sum``, ``serving_value``) are refused with a message naming them, never ignored.
 
+An extension of this project (docs/model-format.md): the mlp block may say ``"precision":
+"bf16"``: every layer's inputs and weights are rounded to bfloat16 (round to nearest even) and
+multiplied with float32 sums, which AVX512-BF16 CPUs do in one instruction per pair.
+
 The result is the same :class:`~scoring.model.manifest.Manifest` format 1 gives, with
 ``tables`` filled and the sigmoid folded into the last layer, so everything downstream reads
 both versions alike.
@@ -22,6 +26,7 @@ from .manifest import (
     CHECKSUMS,
     HIDDEN_ACTIVATIONS,
     MANIFEST,
+    MLP_PRECISIONS,
     SIDES,
     TABLE_DTYPES,
     GroupSpec,
@@ -98,7 +103,7 @@ def _groups(raw: Mapping[str, Any], tables: Mapping[str, TableSpec]) -> list[Gro
     return groups
 
 
-def _mlp(raw: Mapping[str, Any], dense_dim: int) -> tuple[str, list[LayerSpec]]:
+def _mlp(raw: Mapping[str, Any], dense_dim: int) -> tuple[str, list[LayerSpec], str]:
     blocks = _field(raw, "blocks", list, "")
     ops = [b.get("op") if isinstance(b, dict) else None for b in blocks]
     if ops != ["concat", "mlp"]:
@@ -134,7 +139,9 @@ def _mlp(raw: Mapping[str, Any], dense_dim: int) -> tuple[str, list[LayerSpec]]:
             weight=check_relative_path(_field(layer, "weight", str, where), f"{MANIFEST}: {where}weight"),
             bias=check_relative_path(_field(layer, "bias", str, where), f"{MANIFEST}: {where}bias"),
             activation="sigmoid" if last else act))  # the output's sigmoid, folded in
-    return _field(mlp, "name", str, "blocks[1]."), layers
+    precision = _choice(mlp, "precision", MLP_PRECISIONS, "blocks[1].") if "precision" in mlp \
+        else "float32"
+    return _field(mlp, "name", str, "blocks[1]."), layers, precision
 
 
 def _output(raw: Mapping[str, Any], mlp_name: str) -> None:
@@ -161,12 +168,13 @@ def parse_format2(raw: Mapping[str, Any]) -> Manifest:
     dense_dim = _positive_int(raw, "dense_dim", "", minimum=0) if "dense_dim" in raw else 0
     tables = _tables(raw)
     groups = _groups(raw, tables)
-    mlp_name, layers = _mlp(raw, dense_dim)
+    mlp_name, layers, precision = _mlp(raw, dense_dim)
     _output(raw, mlp_name)
     if sum(g.dim for g in groups) + dense_dim == 0:
         raise _err("the model has no inputs (no groups and dense_dim 0)")
     manifest = Manifest(name=name, version=version, groups=tuple(groups), dense_dim=dense_dim,
-                        layers=tuple(layers), raw=raw, format_version=2, tables=tables)
+                        layers=tuple(layers), raw=raw, format_version=2, tables=tables,
+                        mlp_precision=precision)
     files = manifest.files()
     if CHECKSUMS in files or MANIFEST in files:
         raise _err(f"arrays may not be named {MANIFEST} or {CHECKSUMS}")

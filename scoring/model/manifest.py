@@ -20,6 +20,7 @@ FORMAT = "ctr-mlp"
 FORMAT_VERSION = 1
 FORMAT_V2 = "ctr-model"  # format 2 (contract section 2b): see ``format2``
 TABLE_DTYPES = ("float32", "float16", "int8_rowwise")
+MLP_PRECISIONS = ("float32", "bf16")
 MANIFEST = "manifest.json"
 CHECKSUMS = "checksums.md5"
 SIDES = ("context", "ad")
@@ -87,6 +88,7 @@ class Manifest:
     raw: Mapping[str, Any] = field(repr=False, compare=False)
     format_version: int = FORMAT_VERSION
     tables: Mapping[str, TableSpec] = field(default_factory=dict, compare=False)
+    mlp_precision: str = "float32"  # format 2's mlp block "precision": "float32" or "bf16"
 
     @property
     def input_dim(self) -> int:

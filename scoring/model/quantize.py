@@ -96,8 +96,11 @@ class GroupArrays:
 def format2_package(out: str | os.PathLike, *, name: str, version: str,
                     groups: Sequence[GroupArrays], weights: Sequence[np.ndarray],
                     biases: Sequence[np.ndarray], dense_dim: int, tables: str = "float32",
-                    extra: Mapping[str, Any] | None = None) -> Path:
-    """Write a format 2 package (concat -> mlp -> sigmoid) with tables stored as ``tables``."""
+                    mlp: str = "float32", extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a format 2 package (concat -> mlp -> sigmoid) with tables stored as ``tables`` and
+    the MLP at precision ``mlp`` ("bf16": weights written rounded to bfloat16 values)."""
+    if mlp not in ("float32", "bf16"):
+        raise PackageError(f"mlp: expected 'float32' or 'bf16', got {mlp!r}")
     dtype = TABLE_CHOICES.get(tables)
     if dtype is None:
         raise PackageError(f"tables: expected one of {sorted(TABLE_CHOICES)}, got {tables!r}")
@@ -110,7 +113,8 @@ def format2_package(out: str | os.PathLike, *, name: str, version: str,
             arrays.update(files)
     layers = []
     for i, (w, b) in enumerate(zip(weights, biases)):
-        arrays[f"mlp/w{i}.npy"] = np.asarray(w, dtype=np.float32)
+        w = np.asarray(w, dtype=np.float32)
+        arrays[f"mlp/w{i}.npy"] = bf16_values(w) if mlp == "bf16" else w
         arrays[f"mlp/b{i}.npy"] = np.asarray(b, dtype=np.float32).reshape(-1)
         layers.append({"weight": f"mlp/w{i}.npy", "bias": f"mlp/b{i}.npy",
                        "activation": "relu" if i < len(weights) - 1 else "none"})
@@ -121,7 +125,8 @@ def format2_package(out: str | os.PathLike, *, name: str, version: str,
                    for g in groups],
         "dense_dim": int(dense_dim),
         "blocks": [{"name": "x", "op": "concat", "inputs": ["@groups", "@dense"]},
-                   {"name": "deep", "op": "mlp", "input": "x", "layers": layers}],
+                   {"name": "deep", "op": "mlp", "input": "x", "layers": layers,
+                    **({"precision": "bf16"} if mlp == "bf16" else {})}],
         "outputs": [{"name": "pctr", "from": "deep", "activation": "sigmoid"}],
         "primary": "pctr",
     }
@@ -129,21 +134,32 @@ def format2_package(out: str | os.PathLike, *, name: str, version: str,
     return write_package(out, manifest, arrays)
 
 
-def convert(src: str | os.PathLike, out: str | os.PathLike, *, tables: str,
-            version: str | None = None) -> Path:
-    """A copy of the float32 package ``src`` with its tables stored as ``tables``, in format 2."""
+def bf16_values(w: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), as float32."""
+    bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def convert(src: str | os.PathLike, out: str | os.PathLike, *, tables: str = "float32",
+            mlp: str = "float32", version: str | None = None) -> Path:
+    """A copy of the float32 package ``src`` with its tables stored as ``tables`` and its MLP at
+    precision ``mlp``, in format 2."""
     pkg = load_package(src)
     m = pkg.manifest
     compact = sorted({t.name for t in m.tables.values() if t.dtype != "float32"})
     if compact:
         raise PackageError(f"{Path(src).name}: tables {compact} are already compact; convert "
                            "from the float32 export")
+    if m.mlp_precision != "float32":
+        raise PackageError(f"{Path(src).name}: the MLP is already {m.mlp_precision}; convert "
+                           "from the float32 export")
     groups = [GroupArrays(g.name, g.side, g.pooling, g.table_name, t)
               for g, t in zip(m.groups, pkg.tables)]
     keep = {k: v for k, v in m.raw.items() if k not in _MODEL_FIELDS}
     return format2_package(out, name=m.name, version=version or m.version, groups=groups,
                            weights=pkg.weights, biases=pkg.biases, dense_dim=m.dense_dim,
-                           tables=tables, extra=keep)
+                           tables=tables, mlp=mlp, extra=keep)
 
 
 _MODEL_FIELDS = {"format", "format_version", "name", "version", "tables", "groups", "dense_dim",

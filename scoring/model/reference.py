@@ -62,11 +62,24 @@ def mlp_input(package: ModelPackage, context: Mapping[str, Any] | None,
     return np.concatenate(parts)
 
 
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to bfloat16 (round to nearest, ties to even) and widened back, as float64:
+    keep the top 16 bits of the float32 pattern after adding 0x7FFF plus the lowest kept bit."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
 def mlp_forward(package: ModelPackage, x: np.ndarray) -> np.ndarray:
-    """pCTRs for MLP input rows ``x`` [n, input_dim]."""
+    """pCTRs for MLP input rows ``x`` [n, input_dim]. With ``"precision": "bf16"`` every layer's
+    input and weights are first rounded to bfloat16 (docs/model-format.md)."""
     h = np.asarray(x, dtype=np.float64)
+    bf16 = package.manifest.mlp_precision == "bf16"
     for layer, w, b in zip(package.manifest.layers, package.weights, package.biases):
-        h = h @ np.asarray(w, dtype=np.float64) + np.asarray(b, dtype=np.float64)
+        w = np.asarray(w, dtype=np.float64)
+        if bf16:
+            h, w = bf16_round(h), bf16_round(w)
+        h = h @ w + np.asarray(b, dtype=np.float64)
         if layer.activation == "relu":
             h = np.maximum(h, 0.0)
         elif layer.activation == "sigmoid":
