@@ -260,6 +260,37 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(r: dict, path: Path) -> None:
+    """Max throughput per service, and p50/p99 against offered load."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"ours": "ctr-serve", "baseline": "FastAPI+ORT lean",
+              "baseline_pydantic": "FastAPI+ORT pydantic"}
+    names = [n for n in labels if n in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax1.bar([labels[n] for n in names], [r[n]["max_rps"] for n in names],
+            color=["tab:blue", "tab:orange", "tab:gray"][:len(names)])
+    ax1.axhline(1400, color="black", linestyle=":", label="target 1,400 req/s")
+    ax1.set_ylabel("max requests/s (100 ads, one core)")
+    ax1.legend(fontsize=8)
+    for n in names:
+        at = r[n]["at"]
+        rates = [a["achieved"] for a in at.values()]
+        for q, style in (("p50", "--"), ("p99", "-")):
+            ax2.plot(rates, [a[q] for a in at.values()], style, marker="o", label=f"{labels[n]} {q}")
+    ax2.axhline(2.0, color="black", linestyle=":", label="p99 target at 50%: 2 ms")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("offered load (requests/s, open loop)")
+    ax2.set_ylabel("latency (ms)")
+    ax2.legend(fontsize=7)
+    fig.suptitle(f"bench.http on {r.get('cpu', '?')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3-s phases (under a minute)")
@@ -267,10 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pydantic", action="store_true", help="skip the pydantic baseline")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    return run_and_report(run, report, args, "http")
+    return run_and_report(run, report, args, "http", plot_fn=plot)
 
 
-def run_and_report(run_fn, report_fn, args: argparse.Namespace, name: str) -> int:
+def run_and_report(run_fn, report_fn, args: argparse.Namespace, name: str, plot_fn=None) -> int:
     """Time ``run_fn(args)``, print ``report_fn`` of its result and write it as JSON."""
     t0 = time.perf_counter()
     result = run_fn(args)
@@ -279,6 +310,10 @@ def run_and_report(run_fn, report_fn, args: argparse.Namespace, name: str) -> in
     path = args.json or RESULTS / (f"{name}-quick.json" if args.quick else f"{name}.json")
     path.write_text(json.dumps(result, indent=2))
     print(f"(wall time {result['wall_seconds']} s) figures: {path}")
+    if plot_fn is not None:
+        png = path.with_suffix(".png")
+        plot_fn(result, png)
+        print(f"plot: {png}")
     return 0
 
 

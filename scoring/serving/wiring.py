@@ -63,4 +63,6 @@ def app_factory():
     """What uvicorn calls in each worker (``scoring.serving.wiring:app_factory``, factory mode)."""
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level, settings.access_log)
+    from ..engine.config import CODEGEN
+    log.info("kernels compile for %s", CODEGEN.describe())
     return build_app(settings)
