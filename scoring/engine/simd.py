@@ -94,7 +94,7 @@ class _Emitter:
         return b.load(j)
 
 
-def make_tile(rows: int):
+def make_tile(rows: int, widths: tuple[int, ...] = (4, 2, 1)):
     """An intrinsic ``tile(x, a0, k_in, w, bias, y, relu) -> j_end`` computing
     ``y[a0:a0+rows, :j_end] = act(x[a0:a0+rows, :k_in] @ w[:k_in, :j_end] + bias[:j_end])`` for
     every neuron that fills a 16-lane vector (``j_end`` = out rounded down to 16), in register
@@ -137,7 +137,7 @@ def make_tile(rows: int):
                         e.store_vec(e.finish(b.load(accs[a][v]), bias_v, relu),
                                     b.gep(y_rows[a], [j0]), v)
 
-            return e.column_blocks(e.cols(wa), (4, 2, 1), emit)
+            return e.column_blocks(e.cols(wa), widths, emit)
 
         return sig, codegen
 

@@ -47,7 +47,7 @@ def test_bf16_engine_matches_the_reference(bf16_package, prec):
         engine.prec = kernels.PREC_BF16  # the float32 kernels on bf16 values
     rng = np.random.default_rng(1)
     worst_vs_f32 = 0.0
-    for n in (1, 2, 5, 7, 13, 100, 200):
+    for n in (1, 2, 5, 7, 8, 13, 14, 100, 200):
         ctx, ads = random_request(rng, pkg, n)
         want = reference_scores(pkg, ctx, ads)
         np.testing.assert_allclose(engine.score(ctx, ads), want, atol=TOL, rtol=0)

@@ -19,7 +19,7 @@ from ...models import make_model, random_request
 TOL = 1e-5
 
 
-@pytest.mark.parametrize("n_ads", [1, 2, 7, 100, 1000])
+@pytest.mark.parametrize("n_ads", [1, 2, 7, 8, 14, 100, 1000])
 def test_engine_matches_reference(small_engine, small_package, n_ads):
     rng = np.random.default_rng(n_ads)
     ctx, ads = random_request(rng, small_package, n_ads)
@@ -177,7 +177,7 @@ def test_layer_widths_that_do_not_fill_vectors(tmp_path, hidden):
     rng = np.random.default_rng(1)
     for small_batch in (0, 1000):
         engine = Engine(pkg, small_batch=small_batch, chunk=12)
-        for n_ads in (1, 3, 7, 29):
+        for n_ads in (1, 3, 7, 8, 20, 29):
             ctx, ads = random_request(rng, pkg, n_ads)
             np.testing.assert_allclose(engine.score(ctx, ads), reference_scores(pkg, ctx, ads),
                                        atol=TOL, rtol=0)
