@@ -196,9 +196,9 @@ _I8P = ir.IntType(8).as_pointer()
 
 @intrinsic
 def prefetch_row(typingctx, base, row, row_bytes):
-    """Hint the CPU to fetch the first two cache lines of row ``row`` of the table at address
-    ``base`` (rows of ``row_bytes`` bytes): a gather that will miss, since embedding rows are
-    scattered over tables of hundreds of MB."""
+    """Hint the CPU to fetch row ``row`` of the table at address ``base`` (rows of ``row_bytes``
+    bytes): its first cache line, and the next one when the row reaches into it (at most two).
+    A gather that will miss: embedding rows are scattered over tables of hundreds of MB."""
     if not all(isinstance(t, types.Integer) for t in (base, row, row_bytes)):
         return None
     sig = types.void(base, row, row_bytes)
@@ -211,8 +211,12 @@ def prefetch_row(typingctx, base, row, row_bytes):
         addr = builder.add(base_v, builder.mul(r, stride))
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [_I8P, _I32, _I32, _I32]), "llvm.prefetch.p0")
-        for offset in (0, 64):
-            ptr = builder.inttoptr(builder.add(addr, _I64(offset)), _I8P)
+        builder.call(fn, [builder.inttoptr(addr, _I8P), _I32(0), _I32(3), _I32(1)])
+        # the second line only for rows that reach it (not an int8 row of 32 bytes, nor qparams)
+        last = builder.add(addr, builder.sub(stride, _I64(1)))
+        with builder.if_then(builder.icmp_unsigned(
+                "!=", builder.lshr(addr, _I64(6)), builder.lshr(last, _I64(6)))):
+            ptr = builder.inttoptr(builder.add(addr, _I64(64)), _I8P)
             builder.call(fn, [ptr, _I32(0), _I32(3), _I32(1)])
         return context.get_dummy_value()
 
