@@ -192,6 +192,8 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         stop(ours)
 
+    if args.granian:
+        result["granian"] = granian_max(package_dir, bodies, max_s, server_cpu, client_cpu)
     for key, decode in (("baseline", "lean"), ("baseline_pydantic", "pydantic")):
         if decode == "pydantic" and args.no_pydantic:
             continue
@@ -217,6 +219,25 @@ def run(args: argparse.Namespace) -> dict:
     result["targets"] = targets(result)
     result["cpu"] = cpu_model()
     return result
+
+
+def granian_max(package_dir: Path, bodies: list[bytes], seconds: float, server_cpu, client_cpu) -> dict:
+    """The same app under granian's ASGI server (Rust HTTP, uvloop): the alternative that keeps
+    the ASGI interface. Maximum throughput only (wrk)."""
+    if shutil.which("granian") is None:
+        raise SystemExit("--granian: pip install granian")
+    port = free_port()
+    env = dict(os.environ, CTR_MODEL_REPO=str(package_dir.parents[1]), CTR_LOG_LEVEL="warning")
+    proc = start(["granian", "--interface", "asgi", "--factory", "--loop", "uvloop", "--no-ws",
+                  "--port", str(port), "scoring.serving.wiring:app_factory"], port, "/readyz",
+                 server_cpu, RESULTS / "http-granian.log", env=env)
+    try:
+        url = f"http://{HOST}:{port}"
+        wrk(url, "/v1/score", bodies, seconds=2, cpu=client_cpu)
+        peak = wrk(url, "/v1/score", bodies, seconds=seconds, cpu=client_cpu)
+        return {"max_rps": peak.requests_per_s, "max_latency_ms": peak.latency_ms}
+    finally:
+        stop(proc)
 
 
 def targets(r: dict) -> dict:
@@ -254,6 +275,9 @@ def report(r: dict) -> str:
     lines += ["", f"ratios (ours / lean baseline): throughput {r['ratios']['throughput']}x; p99 "
               + ", ".join(f"{k.removeprefix('p99_at_')}: {v}x lower" for k, v in r["ratios"].items()
                           if k.startswith("p99"))]
+    if "granian" in r:
+        lines.append(f"ctr-serve's app under granian (ASGI): max {r['granian']['max_rps']:.0f} req/s "
+                     f"against {r['ours']['max_rps']:.0f} under uvicorn + httptools")
     if "throughput_vs_pydantic" in r["ratios"]:
         lines.append(f"throughput vs the pydantic baseline: {r['ratios']['throughput_vs_pydantic']}x")
     lines += [""] + r["targets"]["lines"]
@@ -296,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3-s phases (under a minute)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--no-pydantic", action="store_true", help="skip the pydantic baseline")
+    parser.add_argument("--granian", action="store_true",
+                        help="also the maximum of ctr-serve's app under granian (pip install granian)")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     return run_and_report(run, report, args, "http", plot_fn=plot)

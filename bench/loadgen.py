@@ -17,6 +17,7 @@ it is mostly idle; ``calibrate`` reports its floor against ``/healthz``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import shutil
@@ -173,13 +174,26 @@ async def _open_loop(host: str, port: int, requests: Sequence[bytes], rate: floa
 
 def open_loop(host: str, port: int, requests: Sequence[bytes], *, rate: float, seconds: float,
               connections: int = 16, max_connections: int = 64) -> OpenLoopResult:
-    """Send ``requests`` (full HTTP/1.1 request bytes, cycled) at ``rate`` per second."""
+    """Send ``requests`` (full HTTP/1.1 request bytes, cycled) at ``rate`` per second.
+
+    Python's cyclic garbage collector is off while it runs (its heap is frozen first): in a
+    process that has imported NumPy, Numba and the service's modules, a full collection stalls
+    the generator for 10 ms and more, and every request due meanwhile would be charged to the
+    server (latency counts from the schedule). Each task's garbage is freed by reference
+    counting anyway."""
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return runner(_open_loop(host, port, requests, rate, seconds, connections, max_connections))
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        return runner(_open_loop(host, port, requests, rate, seconds, connections, max_connections))
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 def pin(cpu: int | None) -> None:
