@@ -75,6 +75,27 @@ class _Emitter:
         clipped = self.b.select(self.b.fcmp_ordered("<=", r, self.zero), self.zero, r)
         return self.b.select(relu, clipped, r)
 
+    def tile_rows(self, rows):
+        """The tiles' common arguments ``(x, a0, k, w, bias, y, relu)``: (w array, bias array, w
+        row stride, k, relu flag, pointers to the ``rows`` rows of x and of y)."""
+        b = self.b
+        xa, wa, ba, ya = self.array(0), self.array(3), self.array(4), self.array(5)
+        ldx, ldw, ldy = self.row_stride(xa), self.row_stride(wa), self.row_stride(ya)
+        a0, k = self.int64(1), self.int64(2)
+        relu = b.icmp_signed("!=", self.int64(6), _I64(0))
+        x_rows = [b.gep(xa.data, [b.mul(b.add(a0, _I64(a)), ldx)]) for a in range(rows)]
+        y_rows = [b.gep(ya.data, [b.mul(b.add(a0, _I64(a)), ldy)]) for a in range(rows)]
+        return wa, ba, ldw, k, relu, x_rows, y_rows
+
+    def store_tile(self, accs, ba, j0, y_rows, relu):
+        """``y[row, j0 + 16v:] = act(accs[row][v] + bias)`` for every accumulator of a tile."""
+        b = self.b
+        b_row = b.gep(ba.data, [j0])
+        for v in range(len(accs[0])):
+            bias_v = self.load_vec(b_row, v)
+            for a, y_row in enumerate(y_rows):
+                self.store_vec(self.finish(b.load(accs[a][v]), bias_v, relu), b.gep(y_row, [j0]), v)
+
     def column_blocks(self, n_out, widths, emit):
         """Call ``emit(j0, vectors)`` over ``[0, n_out)``: blocks of ``widths[0]`` vectors while
         they fit, then at most one block of each smaller width. Returns the first column left."""
@@ -111,12 +132,7 @@ def make_tile(rows: int, widths: tuple[int, ...] = (4, 2, 1)):
         def codegen(context, builder, signature, args):
             e = _Emitter(context, builder, signature, args)
             b = builder
-            xa, wa, ba, ya = e.array(0), e.array(3), e.array(4), e.array(5)
-            ldx, ldw, ldy = e.row_stride(xa), e.row_stride(wa), e.row_stride(ya)
-            a0, k_in = e.int64(1), e.int64(2)
-            relu = b.icmp_signed("!=", e.int64(6), _I64(0))
-            x_rows = [b.gep(xa.data, [b.mul(b.add(a0, _I64(a)), ldx)]) for a in range(rows)]
-            y_rows = [b.gep(ya.data, [b.mul(b.add(a0, _I64(a)), ldy)]) for a in range(rows)]
+            wa, ba, ldw, k_in, relu, x_rows, y_rows = e.tile_rows(rows)
 
             def emit(j0, vectors):
                 accs = [[cgutils.alloca_once_value(b, e.zero) for _ in range(vectors)]
@@ -130,12 +146,7 @@ def make_tile(rows: int, widths: tuple[int, ...] = (4, 2, 1)):
                         xk = e.splat(b.load(b.gep(x_rows[a], [k])))
                         for v in range(vectors):
                             b.store(b.call(e.fma, [xk, w_vecs[v], b.load(accs[a][v])]), accs[a][v])
-                b_row = b.gep(ba.data, [j0])
-                for v in range(vectors):
-                    bias_v = e.load_vec(b_row, v)
-                    for a in range(rows):
-                        e.store_vec(e.finish(b.load(accs[a][v]), bias_v, relu),
-                                    b.gep(y_rows[a], [j0]), v)
+                e.store_tile(accs, ba, j0, y_rows, relu)
 
             return e.column_blocks(e.cols(wa), widths, emit)
 
@@ -379,12 +390,7 @@ def make_bf16_tile(rows: int):
                                         b.bitcast(b.shl(ws, sixteen), _VEC), acc])
                     return b.call(e.fma, [b.bitcast(b.and_(xs, high), _VEC),
                                           b.bitcast(b.and_(ws, high), _VEC), lo])
-            xa, wa, ba, ya = e.array(0), e.array(3), e.array(4), e.array(5)
-            ldx, ldw, ldy = e.row_stride(xa), e.row_stride(wa), e.row_stride(ya)
-            a0, k_pairs = e.int64(1), e.int64(2)
-            relu = b.icmp_signed("!=", e.int64(6), _I64(0))
-            x_rows = [b.gep(xa.data, [b.mul(b.add(a0, _I64(a)), ldx)]) for a in range(rows)]
-            y_rows = [b.gep(ya.data, [b.mul(b.add(a0, _I64(a)), ldy)]) for a in range(rows)]
+            wa, ba, ldw, k_pairs, relu, x_rows, y_rows = e.tile_rows(rows)
             splat0 = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
             undef = ir.Constant(_I32VEC, ir.Undefined)
 
@@ -402,12 +408,7 @@ def make_bf16_tile(rows: int):
                         xs = b.shuffle_vector(b.insert_element(undef, xk, _I32(0)), undef, splat0)
                         for v in range(vectors):
                             b.store(dp(b.load(accs[a][v]), xs, w_vecs[v]), accs[a][v])
-                b_row = b.gep(ba.data, [j0])
-                for v in range(vectors):
-                    bias_v = e.load_vec(b_row, v)
-                    for a in range(rows):
-                        e.store_vec(e.finish(b.load(accs[a][v]), bias_v, relu),
-                                    b.gep(y_rows[a], [j0]), v)
+                e.store_tile(accs, ba, j0, y_rows, relu)
 
             return e.column_blocks(e.cols(wa), (4, 2, 1), emit)
 

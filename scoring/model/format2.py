@@ -39,6 +39,7 @@ from .manifest import (
     _positive_int,
     check_name,
     check_relative_path,
+    group_entries,
 )
 
 POOLINGS_V2 = ("sum", "mean")  # the contract's sqrtn and weighted_sum arrive with the model families
@@ -78,17 +79,9 @@ def _tables(raw: Mapping[str, Any]) -> dict[str, TableSpec]:
 
 
 def _groups(raw: Mapping[str, Any], tables: Mapping[str, TableSpec]) -> list[GroupSpec]:
-    groups, seen = [], set()
-    for i, g in enumerate(_field(raw, "groups", list, "")):
+    groups = []
+    for i, g, gname in group_entries(raw):
         where = f"groups[{i}]."
-        if not isinstance(g, dict):
-            raise _err(f"groups[{i}] must be an object, got {g!r}")
-        gname = _field(g, "name", str, where)
-        if not gname:
-            raise _err(f"{where}name must be a non-empty string")
-        if gname in seen:
-            raise _err(f"{where}name {gname!r} is repeated; group names must be unique")
-        seen.add(gname)
         key = _field(g, "table", str, where)
         if key not in tables:
             raise _err(f"{where}table {key!r} is not in tables (known: {sorted(tables)})")

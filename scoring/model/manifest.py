@@ -164,6 +164,23 @@ def _choice(obj: Mapping[str, Any], key: str, choices: tuple[str, ...], where: s
     return val
 
 
+def group_entries(raw: Mapping[str, Any]):
+    """``(index, object, name)`` of each entry of ``groups``: an object with a unique, non-empty
+    name (both format versions)."""
+    seen: set[str] = set()
+    for i, g in enumerate(_field(raw, "groups", list, "")):
+        where = f"groups[{i}]."
+        if not isinstance(g, dict):
+            raise PackageError(f"{MANIFEST}: groups[{i}] must be an object, got {g!r}")
+        gname = _field(g, "name", str, where)
+        if not gname:
+            raise PackageError(f"{MANIFEST}: {where}name must be a non-empty string")
+        if gname in seen:
+            raise PackageError(f"{MANIFEST}: {where}name {gname!r} is repeated; group names must be unique")
+        seen.add(gname)
+        yield i, g, gname
+
+
 def parse_manifest(raw: Any) -> Manifest:
     """Validate the manifest's fields and types (not the arrays) and return a :class:`Manifest`."""
     if not isinstance(raw, dict):
@@ -183,19 +200,9 @@ def parse_manifest(raw: Any) -> Manifest:
     version = check_name(_field(raw, "version", str, ""), f"{MANIFEST}: version")
     dense_dim = _positive_int(raw, "dense_dim", "", minimum=0) if "dense_dim" in raw else 0
 
-    groups_raw = _field(raw, "groups", list, "")
     groups = []
-    seen: set[str] = set()
-    for i, g in enumerate(groups_raw):
+    for i, g, gname in group_entries(raw):
         where = f"groups[{i}]."
-        if not isinstance(g, dict):
-            raise PackageError(f"{MANIFEST}: groups[{i}] must be an object, got {g!r}")
-        gname = _field(g, "name", str, where)
-        if not gname:
-            raise PackageError(f"{MANIFEST}: {where}name must be a non-empty string")
-        if gname in seen:
-            raise PackageError(f"{MANIFEST}: {where}name {gname!r} is repeated; group names must be unique")
-        seen.add(gname)
         buckets = _positive_int(g, "buckets", where)
         if buckets >= 2**63:
             raise PackageError(f"{MANIFEST}: {where}buckets must be < 2**63, got {buckets}")
