@@ -266,7 +266,9 @@ def plot(result: dict, path: Path) -> None:
     xs = [r["batch"] for r in rows]
     fig, ax = plt.subplots(figsize=(8, 5))
     for key, label in (("engine_json", "engine: JSON bytes -> pCTR (scanner)"),
+                       ("json_int8", "engine: JSON bytes -> pCTR, int8 tables"),
                        ("engine_full", "engine: hash + embed + MLP"), ("engine_mlp", "engine: MLP only"),
+                       ("mlp_bf16", "engine: MLP only, bf16"),
                        ("numpy_mlp", "NumPy/BLAS MLP"), ("onnxruntime_mlp", "ONNX Runtime MLP (1 thread)"),
                        ("floor", "arithmetic floor (GEMM peak)"),
                        ("floor_split", "floor with the context split")):
