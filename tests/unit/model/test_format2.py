@@ -170,3 +170,48 @@ def test_quantize_and_inspect_commands(tmp_path, capsys):
     assert ad["bytes_as_float32"] == ad["rows"] * ad["dim"] * 4
     assert model_cli(["quantize", str(tmp_path / "q"), str(tmp_path / "q2"), "--tables", "fp16"]) == 1
     assert "already compact" in capsys.readouterr().err
+
+
+_JUNK = [None, True, 0, -1, 2**64, 1.5, float("nan"), "", "x", "../etc", [], [1], {}, {"a": 1},
+         [[[[[]]]]], "\x00", "emb/t.npy"]
+
+
+def _paths(obj, prefix=()):
+    """Every (path) to a value inside the manifest document."""
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, prefix + (i,))
+
+
+def test_mutated_format2_manifests_fail_with_package_errors_only():
+    """Every field replaced by junk or deleted, one at a time and a few at once: the parser
+    either accepts the manifest or raises PackageError; never another exception."""
+    import copy
+    import random
+
+    base = _v2()
+    paths = [p for p in _paths(base) if p]
+    rnd = random.Random(0)
+    cases = 0
+    for trial in range(3000):
+        m = copy.deepcopy(base)
+        for path in rnd.sample(paths, k=1 if trial < 1500 else 3):
+            parent = m
+            try:
+                for key in path[:-1]:
+                    parent = parent[key]
+                if rnd.random() < 0.2 and isinstance(parent, dict):
+                    parent.pop(path[-1], None)
+                else:
+                    parent[path[-1]] = copy.deepcopy(rnd.choice(_JUNK))
+            except (KeyError, IndexError, TypeError):
+                continue  # an earlier mutation replaced the parent
+        try:
+            parse_manifest(m)
+        except PackageError:
+            cases += 1
+    assert cases > 2000  # most mutations are errors; none escaped as another exception
