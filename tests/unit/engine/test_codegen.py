@@ -66,8 +66,21 @@ _CHILD = textwrap.dedent("""
         fast = engine.score_json(body, 1000, 64)
         assert fast is not None, "the scanner refused a well-formed body"
         worst = max(worst, float(np.abs(got - want).max()), float(np.abs(fast[0] - want).max()))
+    # the bf16 tiles' portable IR (two float32 FMAs per pair), forced on where the target lacks
+    # AVX512-BF16: same values as the reference's bf16 rounding
+    from scoring.model.quantize import convert
+    from scoring.engine.scorer import pack_layers
+    bf = load_package(convert(sys.argv[1], sys.argv[3], mlp="bf16"))
+    forced = Engine(bf, warm=False)
+    forced.prec = kernels.PREC_BF16_NATIVE
+    forced.wpack, forced.ptab = pack_layers([forced.w_ad] + [
+        forced.params[o:o + k * n].reshape(k, n) for o, k, n, _, _ in forced.layers.tolist()])
+    bf_worst = 0.0
+    for n in (1, 8, 13, 40):
+        ctx, ads = random_request(rng, bf, n)
+        bf_worst = max(bf_worst, float(np.abs(forced.score(ctx, ads) - reference_scores(bf, ctx, ads)).max()))
     asm = "".join(kernels.forward.inspect_asm().values())
-    print(json.dumps({"mode": config.CODEGEN.mode,
+    print(json.dumps({"mode": config.CODEGEN.mode, "bf16_worst": bf_worst,
                       "tm": cpu_target.target_context.codegen()._tm_features,
                       "worst": worst, "zmm": "zmm" in asm, "ymm": "ymm" in asm}))
 """)
@@ -79,7 +92,8 @@ def _run_child(tmp_path, setting: str) -> dict:
     env.pop("NUMBA_CPU_FEATURES", None)
     env.pop("NUMBA_CPU_NAME", None)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(model), root], env=env,
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(model), root, str(tmp_path / "bf16")],
+                         env=env,
                          capture_output=True, text=True, timeout=600, cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -94,3 +108,4 @@ def test_avx2_code_path_scores_exactly_on_this_machine(tmp_path):
     assert not r["zmm"], "AVX-512 registers in code compiled for AVX2"
     assert r["ymm"], "no 256-bit vectors: the kernels lost their SIMD"
     assert r["worst"] < 1e-5
+    assert r["bf16_worst"] < 1e-5  # the bf16 tiles' portable form (no AVX512-BF16 in the target)
