@@ -162,18 +162,34 @@ def _is_literal(buf, p, n, lit):
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
+def _is_name(buf, s, e, names, name_off, i):
+    """Whether ``buf[s:e]`` is name ``i``."""
+    if name_off[i + 1] - name_off[i] != e - s:
+        return False
+    base = name_off[i]
+    for k in range(e - s):
+        if names[base + k] != buf[s + k]:
+            return False
+    return True
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _lookup_after(buf, s, e, names, name_off, name_hash, prev):
+    """``_lookup``, trying first the name after ``prev`` (keys of one object usually come in the
+    same order every time, so this skips the hash for all but the first)."""
+    nxt = prev + 1
+    if prev >= 0 and nxt < name_hash.shape[0] and _is_name(buf, s, e, names, name_off, nxt):
+        return nxt
+    return _lookup(buf, s, e, names, name_off, name_hash)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
 def _lookup(buf, s, e, names, name_off, name_hash):
     """Index of the name equal to ``buf[s:e]``, or -1."""
     h = xxh64(buf, s, e - s)
     for i in range(name_hash.shape[0]):
-        if name_hash[i] == h and name_off[i + 1] - name_off[i] == e - s:
-            same = True
-            for k in range(e - s):
-                if names[name_off[i] + k] != buf[s + k]:
-                    same = False
-                    break
-            if same:
-                return i
+        if name_hash[i] == h and _is_name(buf, s, e, names, name_off, i):
+            return i
     return -1
 
 
@@ -199,11 +215,12 @@ def _groups(buf, p, n, group_names, group_off, group_hash, group_slot, side, wan
         seen[s] = False
     if p < n and buf[p] == 125:  # '}'
         return p + 1
+    g = -1
     while True:
         key_s, key_e, p = _key(buf, p, n)
         if p < 0:
             return -1
-        g = _lookup(buf, key_s, key_e, group_names, group_off, group_hash)
+        g = _lookup_after(buf, key_s, key_e, group_names, group_off, group_hash, g)
         if g < 0 or side[g] != want_side:
             return -1  # unknown group, or one of the other side: the ordinary path names it
         slot = group_slot[g]
