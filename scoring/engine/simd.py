@@ -272,6 +272,36 @@ def load_le(typingctx, buf, p, nbytes):
     return sig, codegen
 
 
+def _target_has(feature: str) -> bool:
+    # the target the kernels compile for, not necessarily the host
+    from .codegen import target_has
+    return target_has(feature)
+
+
+def _half_bits_to_float(b, bits, vec: bool):
+    """IEEE half (as i16 bits, scalar or 16 lanes) -> float32 with integer operations, for targets
+    without F16C, where LLVM would call ``__extendhfsf2``, which a JIT cannot link. Exact for
+    normals, subnormals, zeros, infinities and NaNs (shift the exponent and mantissa into place,
+    rebias; subnormals through one float subtraction)."""
+    i32 = ir.VectorType(_I32, LANES) if vec else _I32
+    f32 = _VEC if vec else _F32
+
+    def c(v):
+        return ir.Constant(i32, [v] * LANES) if vec else ir.Constant(_I32, v)
+
+    h = b.zext(bits, i32)
+    sign = b.shl(b.and_(h, c(0x8000)), c(16))
+    em = b.shl(b.and_(h, c(0x7FFF)), c(13))
+    exp = b.and_(em, c(0x0F800000))
+    o = b.add(em, c(112 << 23))                                    # rebias 15 -> 127
+    inf_nan = b.add(o, c(112 << 23))                               # exponent all ones
+    magic = b.bitcast(c(113 << 23), f32)
+    sub = b.bitcast(b.fsub(b.bitcast(b.add(o, c(1 << 23)), f32), magic), i32)  # zero, subnormal
+    out = b.select(b.icmp_unsigned("==", exp, c(0x0F800000)), inf_nan,
+                   b.select(b.icmp_unsigned("==", exp, c(0)), sub, o))
+    return b.bitcast(b.or_(out, sign), f32)
+
+
 def make_row_accumulate(storage: str):
     """An intrinsic ``acc(out, r, c0, src, dim, scale, offset)``: ``out[r, c0:c0 + dim] += row``,
     where ``row`` is the table row at address ``src`` stored as ``storage`` ("float32",
@@ -280,14 +310,22 @@ def make_row_accumulate(storage: str):
 
     Written as IR because LLVM does not vectorise the plain loop: it cannot tell that the
     output row and a table reached through an address do not overlap."""
-    elem = {"float32": _F32, "float16": ir.HalfType(), "int8": ir.IntType(8)}[storage]
     align = {"float32": 4, "float16": 2, "int8": 1}[storage]
+
+    def element_type():
+        if storage == "float16" and not _target_has("f16c"):
+            return ir.IntType(16)  # widened with integer operations (``_half_bits_to_float``)
+        return {"float32": _F32, "float16": ir.HalfType(), "int8": ir.IntType(8)}[storage]
 
     def widen(b, value, vec: bool):
         if storage == "float32":
             return value
         ty = _VEC if vec else _F32
-        return b.fpext(value, ty) if storage == "float16" else b.sitofp(value, ty)
+        if storage == "int8":
+            return b.sitofp(value, ty)
+        if isinstance(value.type.element if vec else value.type, ir.HalfType):
+            return b.fpext(value, ty)
+        return _half_bits_to_float(b, value, vec)
 
     @intrinsic
     def acc(typingctx, out, r, c0, src, dim, scale, offset):
@@ -299,6 +337,7 @@ def make_row_accumulate(storage: str):
         def codegen(context, builder, signature, args):
             e = _Emitter(context, builder, signature, args)
             b = builder
+            elem = element_type()
             oa = e.array(0)
             row0 = b.add(b.mul(e.int64(1), e.row_stride(oa)), e.int64(2))
             out_p = b.gep(oa.data, [row0])
@@ -348,9 +387,7 @@ _I32VEC = ir.VectorType(_I32, LANES)
 
 
 def _native_bf16() -> bool:
-    # the target the kernels compile for, not necessarily the host
-    from .codegen import target_has
-    return target_has("avx512bf16")
+    return _target_has("avx512bf16")
 
 
 def _is_c_u32(t, ndim: int) -> bool:

@@ -79,18 +79,43 @@ _CHILD = textwrap.dedent("""
     for n in (1, 8, 13, 40):
         ctx, ads = random_request(rng, bf, n)
         bf_worst = max(bf_worst, float(np.abs(forced.score(ctx, ads) - reference_scores(bf, ctx, ads)).max()))
+    # float16 and int8 tables; and every float16 bit pattern widened by the row accumulator
+    # (integer operations where the target has no F16C) against NumPy
+    compact_worst = 0.0
+    for tables in ("fp16", "int8"):
+        cp = load_package(convert(sys.argv[1], sys.argv[3] + tables, tables=tables))
+        ce = Engine(cp)
+        for n in (1, 8, 40):
+            ctx, ads = random_request(rng, cp, n)
+            compact_worst = max(compact_worst, float(np.abs(ce.score(ctx, ads) - reference_scores(cp, ctx, ads)).max()))
+    from numba import njit
+    from scoring.engine.simd import make_row_accumulate
+    acc16 = make_row_accumulate("float16")
+
+    @njit(_nrt=False)
+    def widen_all(out, addr):
+        acc16(out, 0, 0, addr, out.shape[1], 1.0, 0.0)
+
+    halves = np.arange(65536, dtype=np.uint16)
+    got = np.zeros((1, 65536), np.float32)
+    widen_all(got, halves.ctypes.data)
+    want = halves.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    half_exact = bool((np.isnan(got[0]) == nan).all() and (got[0][~nan] == want[~nan]).all())
     asm = "".join(kernels.forward.inspect_asm().values())
     print(json.dumps({"mode": config.CODEGEN.mode, "bf16_worst": bf_worst,
+                      "compact_worst": compact_worst, "half_exact": half_exact,
                       "tm": cpu_target.target_context.codegen()._tm_features,
                       "worst": worst, "zmm": "zmm" in asm, "ymm": "ymm" in asm}))
 """)
 
 
-def _run_child(tmp_path, setting: str) -> dict:
+def _run_child(tmp_path, setting: str, **extra_env: str) -> dict:
     model = make_model(tmp_path / "model", hidden=(64, 32), dense_dim=0)
     env = dict(os.environ, CTR_CPU_FEATURES=setting, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("NUMBA_CPU_FEATURES", None)
     env.pop("NUMBA_CPU_NAME", None)
+    env.update(extra_env)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     out = subprocess.run([sys.executable, "-c", _CHILD, str(model), root, str(tmp_path / "bf16")],
                          env=env,
@@ -109,3 +134,17 @@ def test_avx2_code_path_scores_exactly_on_this_machine(tmp_path):
     assert r["ymm"], "no 256-bit vectors: the kernels lost their SIMD"
     assert r["worst"] < 1e-5
     assert r["bf16_worst"] < 1e-5  # the bf16 tiles' portable form (no AVX512-BF16 in the target)
+    assert r["compact_worst"] < 1e-5 and r["half_exact"]
+
+
+def test_baseline_x86_64_target_without_f16c(tmp_path):
+    """``NUMBA_CPU_NAME=generic`` (Numba's portable target: SSE2, no F16C, no FMA): every
+    kernel still compiles and links (float16 rows widened with integer operations, not a
+    libcall the JIT cannot resolve), every float16 bit pattern widens exactly, and float32,
+    float16, int8 and bf16 models score like the reference."""
+    r = _run_child(tmp_path, "auto", NUMBA_CPU_NAME="generic")
+    assert r["mode"] == "numba-env"
+    assert "+f16c" not in r["tm"].split(",")
+    assert not r["zmm"]
+    assert r["worst"] < 1e-5 and r["bf16_worst"] < 1e-5 and r["compact_worst"] < 1e-5
+    assert r["half_exact"]
