@@ -67,6 +67,10 @@ class OnnxModel:
 
     def __init__(self, package: ModelPackage) -> None:
         m = package.manifest
+        compact = [t.name for t in m.tables.values() if t.dtype != "float32"]
+        if compact or m.mlp_precision != "float32":
+            raise SystemExit(f"baseline: float32 packages only (compact tables {compact}, MLP "
+                             f"{m.mlp_precision}); the ONNX graph and gathers are float32")
         self.name, self.version, self.dense_dim = m.name, m.version, m.dense_dim
         self.groups = [(g, table) for g, table in zip(m.groups, package.tables)]
         self.session = onnx_session(package, threads=1)

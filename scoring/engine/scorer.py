@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from ..errors import InvalidRequest
-from ..model.package import ModelPackage
+from ..model.package import TABLE_NUMPY_DTYPES, ModelPackage
 from ..model.quantize import bf16_values
 from . import jsonscan, kernels
 from .codegen import target_has
@@ -127,8 +127,11 @@ class _SidePlan:
     """Kernel arguments for one side's groups (context or ad)."""
 
     def __init__(self, groups, tables, qparams, dtypes) -> None:
-        # kept alive here: the kernels get addresses
+        # kept alive here: the kernels get addresses, and read them as ``dtypes`` say
         self.arrays = [_readonly_table(t) for t in tables]
+        for a, q, d in zip(self.arrays, qparams, dtypes):
+            if a.dtype != TABLE_NUMPY_DTYPES[d] or (q is None) != (d != "int8_rowwise"):
+                raise ValueError(f"a {d} table arrived as {a.dtype} (qparams {q is not None})")
         self.qarrays = [None if q is None else _readonly(q) for q in qparams]
         self.tables = np.array([a.ctypes.data for a in self.arrays] or [0], dtype=np.int64)
         self.qparams = np.array([0 if q is None else q.ctypes.data for q in self.qarrays] or [0],

@@ -37,17 +37,20 @@ class ModelPackage:
     md5: str  # md5 of checksums.md5: one identity for the whole package
     # per group, like ``tables``: the int8_rowwise table's [rows, 2] (scale, offset), else None
     qparams: list[np.ndarray | None] = field(default_factory=list)
+    # every table of the manifest by name (also one no group reads): (array, qparams or None)
+    table_arrays: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.qparams:
             self.qparams = [None] * len(self.tables)
+        if not self.table_arrays:
+            self.table_arrays = {g.table_name: (t, q) for g, t, q in
+                                 zip(self.manifest.groups, self.tables, self.qparams)}
 
     def table_bytes(self) -> dict[str, int]:
         """Bytes of each table (with its qparams), by table name; a shared table counts once."""
-        out: dict[str, int] = {}
-        for g, t, q in zip(self.manifest.groups, self.tables, self.qparams):
-            out[g.table_name] = t.nbytes + (q.nbytes if q is not None else 0)
-        return out
+        return {name: t.nbytes + (q.nbytes if q is not None else 0)
+                for name, (t, q) in self.table_arrays.items()}
 
     @property
     def nbytes(self) -> int:
@@ -91,6 +94,24 @@ def check_finite(arr: np.ndarray, name: str) -> None:
             idx = np.unravel_index(bad, arr.shape)
             raise PackageError(f"{name}: holds a non-finite value ({flat[bad]}) at index "
                                f"{list(map(int, idx))}; weights must be finite")
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_qparams(q: np.ndarray, name: str) -> None:
+    """Raise if an int8 row-wise table's (scale, offset) could give a value beyond float32 for
+    some code (|scale| * 128 + |offset|, in float64), or hold NaN/Inf: such a package would load
+    and then fail every request that reads the row."""
+    step = max(1, _FINITE_CHUNK_BYTES // 8)
+    for start in range(0, q.shape[0], step):
+        block = np.asarray(q[start:start + step], dtype=np.float64)
+        reach = np.abs(block[:, 0]) * 128.0 + np.abs(block[:, 1])
+        bad = ~(reach <= _F32_MAX)  # NaN too
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            raise PackageError(f"{name}: row {row} has scale {q[row, 0]} and offset {q[row, 1]}; "
+                               "q * scale + offset must stay a finite float32 for every int8 q")
 
 
 def load_package(root: str | os.PathLike, *, verify: bool = True, finite: bool = True) -> ModelPackage:
@@ -159,9 +180,12 @@ def load_package(root: str | os.PathLike, *, verify: bool = True, finite: bool =
             named += [(layer.weight, w), (layer.bias, b)]
         for name, arr in named:
             check_finite(arr, name)
+        for t, (_, q) in ((manifest.tables[k], v) for k, v in opened.items()):
+            if q is not None:
+                check_qparams(q, t.qparams)
     return ModelPackage(path=root, manifest=manifest, tables=tables, weights=weights,
                         biases=biases, checksums=sums, md5=hashlib.md5(listed).hexdigest(),
-                        qparams=qparams)
+                        qparams=qparams, table_arrays=opened)
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:

@@ -96,7 +96,8 @@ class GroupArrays:
 def format2_package(out: str | os.PathLike, *, name: str, version: str,
                     groups: Sequence[GroupArrays], weights: Sequence[np.ndarray],
                     biases: Sequence[np.ndarray], dense_dim: int, tables: str = "float32",
-                    mlp: str = "float32", extra: Mapping[str, Any] | None = None) -> Path:
+                    mlp: str = "float32", extra: Mapping[str, Any] | None = None,
+                    unused_tables: Mapping[str, np.ndarray] | None = None) -> Path:
     """Write a format 2 package (concat -> mlp -> sigmoid) with tables stored as ``tables`` and
     the MLP at precision ``mlp`` ("bf16": weights written rounded to bfloat16 values)."""
     if mlp not in ("float32", "bf16"):
@@ -106,10 +107,11 @@ def format2_package(out: str | os.PathLike, *, name: str, version: str,
         raise PackageError(f"tables: expected one of {sorted(TABLE_CHOICES)}, got {tables!r}")
     arrays: dict[str, np.ndarray] = {}
     tables_json: dict[str, Any] = {}
-    for g in groups:
-        if g.table_name not in tables_json:
-            entry, files = table_arrays(g.table_name, g.table, dtype)
-            tables_json[g.table_name] = entry
+    named = [(g.table_name, g.table) for g in groups] + list((unused_tables or {}).items())
+    for table_name, table in named:
+        if table_name not in tables_json:
+            entry, files = table_arrays(table_name, table, dtype)
+            tables_json[table_name] = entry
             arrays.update(files)
     layers = []
     for i, (w, b) in enumerate(zip(weights, biases)):
@@ -157,9 +159,11 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, tables: str = "fl
     groups = [GroupArrays(g.name, g.side, g.pooling, g.table_name, t)
               for g, t in zip(m.groups, pkg.tables)]
     keep = {k: v for k, v in m.raw.items() if k not in _MODEL_FIELDS}
+    unused = {name: t for name, (t, _) in pkg.table_arrays.items()
+              if name not in {g.table_name for g in m.groups}}
     return format2_package(out, name=m.name, version=version or m.version, groups=groups,
                            weights=pkg.weights, biases=pkg.biases, dense_dim=m.dense_dim,
-                           tables=tables, mlp=mlp, extra=keep)
+                           tables=tables, mlp=mlp, extra=keep, unused_tables=unused)
 
 
 _MODEL_FIELDS = {"format", "format_version", "name", "version", "tables", "groups", "dense_dim",

