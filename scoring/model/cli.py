@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from .demo import write_demo
 from .manifest import PackageError
@@ -37,6 +38,10 @@ def _quantize(args) -> dict:
     t0 = time.perf_counter()
     if args.tables == "float32" and args.mlp == "float32":
         raise PackageError("quantize: nothing to do; give --tables int8|fp16 and/or --mlp bf16")
+    out_dir = Path(args.out)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise PackageError(f"quantize: {args.out} exists and is not an empty directory; give a new "
+                           "one (a package is never written over another)")
     out = convert(args.src, args.out, tables=args.tables, mlp=args.mlp, version=args.version)
     base, small = load_package(args.src), load_package(out)
     before, after = base.table_bytes(), small.table_bytes()

@@ -186,6 +186,12 @@ def test_quantize_and_inspect_commands(tmp_path, capsys):
     assert ad["bytes_as_float32"] == ad["rows"] * ad["dim"] * 4
     assert model_cli(["quantize", str(tmp_path / "q"), str(tmp_path / "q2"), "--tables", "fp16"]) == 1
     assert "already compact" in capsys.readouterr().err
+    before = sorted(p.name for p in (tmp_path / "q").rglob("*"))
+    assert model_cli(["quantize", str(src), str(tmp_path / "q"), "--tables", "fp16"]) == 1
+    assert "not an empty directory" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "q").rglob("*")) == before
+    assert model_cli(["quantize", str(src), str(tmp_path / "q3")]) == 1
+    assert "nothing to do" in capsys.readouterr().err
 
 
 _JUNK = [None, True, 0, -1, 2**64, 1.5, float("nan"), "", "x", "../etc", [], [1], {}, {"a": 1},
