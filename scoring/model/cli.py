@@ -32,6 +32,33 @@ def _inspect(path: str) -> dict:
     }
 
 
+def _baseline(args) -> dict:
+    from .baseline import (
+        RESAMPLES,
+        WINDOW,
+        compute_baseline,
+        read_requests,
+        write_baseline,
+    )
+    from .quantize import generated_requests
+
+    t0 = time.perf_counter()
+    pkg = load_package(args.dir)
+    if args.requests:
+        requests = read_requests(args.requests)
+    else:
+        requests = [{"context": c, "ads": a}
+                    for c, a in generated_requests(pkg, max(1, args.generated), 100, args.seed)]
+    base = compute_baseline(pkg, requests, window=args.window or WINDOW,
+                            resamples=RESAMPLES if args.resamples is None else args.resamples,
+                            seed=args.seed)
+    pkg = write_baseline(args.dir, base)
+    return {"wrote": str(pkg.path / "health" / "baseline.json"), "md5": pkg.md5,
+            "seconds": round(time.perf_counter() - t0, 1), "rows": base["rows"],
+            "layers": [{k: v for k, v in layer.items() if k != "neurons"} for layer in base["layers"]],
+            "pctr_mean": base["pctr"]["mean"], "expected_auc": base["pctr"]["expected_auc"]}
+
+
 def _quantize(args) -> dict:
     from .quantize import compare, convert
 
@@ -68,6 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     ins.add_argument("dir")
     ver = sub.add_parser("verify", help="check checksums and validate; non-zero exit on failure")
     ver.add_argument("dir")
+    bl = sub.add_parser("baseline", help="add the health baseline (DeepInsight statistics on "
+                        "reference requests) to a package, in place; prints its summary")
+    bl.add_argument("dir", help="the package (its checksums.md5 is rewritten)")
+    bl.add_argument("--requests", default=None,
+                    help="JSONL file of score bodies (default: --generated requests from the manifest)")
+    bl.add_argument("--generated", type=int, default=200, help="generated 100-ad requests (default 200)")
+    bl.add_argument("--window", type=int, default=None, help="rows per online window (default 20000)")
+    bl.add_argument("--resamples", type=int, default=None, help="bootstrap windows (default 200)")
+    bl.add_argument("--seed", type=int, default=0)
     qz = sub.add_parser("quantize", help="copy a float32 package with compact tables (format 2) and "
                         "print the bytes saved and the pCTR error against float32")
     qz.add_argument("src", help="the float32 package")
@@ -89,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path} in {time.perf_counter() - t0:.1f}s")
         elif args.cmd == "inspect":
             print(json.dumps(_inspect(args.dir), indent=2))
+        elif args.cmd == "baseline":
+            print(json.dumps(_baseline(args), indent=2))
         elif args.cmd == "quantize":
             print(json.dumps(_quantize(args), indent=2))
         else:

@@ -10,6 +10,7 @@ are shared between worker processes through the page cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class ModelPackage:
     qparams: list[np.ndarray | None] = field(default_factory=list)
     # every table of the manifest by name (also one no group reads): (array, qparams or None)
     table_arrays: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
+    baseline: dict | None = None  # health/baseline.json when the package has one (model.baseline)
 
     def __post_init__(self) -> None:
         if not self.qparams:
@@ -183,9 +185,33 @@ def load_package(root: str | os.PathLike, *, verify: bool = True, finite: bool =
         for t, (_, q) in ((manifest.tables[k], v) for k, v in opened.items()):
             if q is not None:
                 check_qparams(q, t.qparams)
+    baseline = _read_baseline(root, sums, [w.shape[1] for w in weights[:-1]])
     return ModelPackage(path=root, manifest=manifest, tables=tables, weights=weights,
                         biases=biases, checksums=sums, md5=hashlib.md5(listed).hexdigest(),
-                        qparams=qparams, table_arrays=opened)
+                        qparams=qparams, table_arrays=opened, baseline=baseline)
+
+
+MAX_BASELINE_BYTES = 32 << 20
+
+
+def _read_baseline(root: Path, sums: dict[str, str], widths: list[int]) -> dict | None:
+    """The optional health baseline (``scoring.model.baseline``), validated; None without one."""
+    from .baseline import BASELINE, check_baseline
+
+    if BASELINE not in sums:
+        return None
+    path = root / BASELINE
+    if path.is_symlink() or not path.is_file():
+        raise PackageError(f"{BASELINE}: listed in {CHECKSUMS} but missing")
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_BASELINE_BYTES + 1)
+    if len(data) > MAX_BASELINE_BYTES:
+        raise PackageError(f"{BASELINE}: larger than {MAX_BASELINE_BYTES} bytes")
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PackageError(f"{BASELINE}: not valid JSON ({str(exc)[:200]})") from None
+    return check_baseline(doc, widths)
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:

@@ -70,9 +70,10 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
     return bits.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
-def mlp_forward(package: ModelPackage, x: np.ndarray) -> np.ndarray:
+def mlp_forward(package: ModelPackage, x: np.ndarray, hidden: list | None = None) -> np.ndarray:
     """pCTRs for MLP input rows ``x`` [n, input_dim]. With ``"precision": "bf16"`` every layer's
-    input and weights are first rounded to bfloat16 (docs/model-format.md)."""
+    input and weights are first rounded to bfloat16 (docs/model-format.md). ``hidden``, when
+    given, receives each hidden layer's post-ReLU output [n, width]."""
     h = np.asarray(x, dtype=np.float64)
     bf16 = package.manifest.mlp_precision == "bf16"
     for layer, w, b in zip(package.manifest.layers, package.weights, package.biases):
@@ -82,6 +83,8 @@ def mlp_forward(package: ModelPackage, x: np.ndarray) -> np.ndarray:
         h = h @ w + np.asarray(b, dtype=np.float64)
         if layer.activation == "relu":
             h = np.maximum(h, 0.0)
+            if hidden is not None:
+                hidden.append(h)
         elif layer.activation == "sigmoid":
             h = 1.0 / (1.0 + np.exp(-h))
         else:  # pragma: no cover - the loader rejects anything else

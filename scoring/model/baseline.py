@@ -1,0 +1,156 @@
+"""The health baseline a package carries: DeepInsight's statistics on reference requests.
+
+``health/baseline.json`` (optional; listed in ``checksums.md5`` like every file) holds, computed
+on a reference set of score requests (the float64 reference forward, so it does not depend on the
+engine): per hidden layer and neuron the mean, population standard deviation and zero share of
+the post-ReLU output, the layer fluctuation (both forms) and a bootstrap band for it (the 0.5%
+and 99.5% quantiles of F_l over ``resamples`` windows of ``window`` rows drawn with replacement:
+the spread a healthy window of the size watched online shows); the pCTR histogram over 50
+log-odds bins with its mean and expected AUC; and each group's absent share (rows where the group
+is missing or empty). Definitions: :mod:`scoring.model.health`, docs/insight.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .checksums import format_checksums, md5_file, package_files
+from .health import (
+    LOGIT_BINS,
+    LOGIT_RANGE,
+    LayerMoments,
+    expected_auc,
+    logit_histogram,
+    mean_abs_fluctuation,
+)
+from .manifest import CHECKSUMS, PackageError
+from .package import ModelPackage, load_package
+from .reference import mlp_forward, mlp_input
+
+BASELINE = "health/baseline.json"
+WINDOW = 20_000
+RESAMPLES = 200
+BAND = (0.005, 0.995)
+
+
+def _absent(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and not value)
+
+
+def compute_baseline(package: ModelPackage, requests: Iterable[Mapping[str, Any]], *,
+                     window: int = WINDOW, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """The baseline of ``package`` on ``requests`` (score bodies: ``context`` and ``ads``)."""
+    m = package.manifest
+    rows, n_requests = [], 0
+    absent = {g.name: 0 for g in m.groups}
+    for i, req in enumerate(requests):
+        n_requests += 1
+        ctx = req.get("context") or {}
+        for j, ad in enumerate(req.get("ads") or []):
+            try:
+                rows.append(mlp_input(package, ctx, ad))
+                feats = ad.get("features") or {}
+                for g in m.groups:
+                    absent[g.name] += _absent((ctx if g.side == "context" else feats).get(g.name))
+            except (ValueError, TypeError, AssertionError, AttributeError) as exc:
+                raise PackageError(f"baseline: requests[{i}].ads[{j}] is not a valid score request "
+                                   f"for this model (features: strings or ids in [0, 2**64); dense: "
+                                   f"{m.dense_dim} numbers): {str(exc)[:120]}") from None
+    if not rows:
+        raise PackageError("baseline: the reference requests hold no ads")
+    hidden: list[np.ndarray] = []
+    p = mlp_forward(package, np.stack(rows), hidden)
+    rng = np.random.default_rng(seed)
+    picks = [rng.integers(0, len(rows), size=window) for _ in range(resamples)]
+    layers = []
+    for li, h in enumerate(hidden):
+        moments = LayerMoments(h.shape[1])
+        moments.add(h)
+        boot = np.array([h[idx].std(axis=0).mean() for idx in picks]) if resamples else np.zeros(1)
+        layers.append({
+            "layer": li + 1, "width": int(h.shape[1]),
+            "fluctuation": moments.fluctuation, "fluctuation_mad": mean_abs_fluctuation(h),
+            "zero_share": float(moments.zero_share.mean()),
+            "band": [float(np.quantile(boot, BAND[0])), float(np.quantile(boot, BAND[1]))],
+            "neurons": {"mean": moments.mean.tolist(), "sigma": moments.sigma.tolist(),
+                        "zero_share": moments.zero_share.tolist()}})
+    return {
+        "format": 1, "rows": len(rows), "requests": n_requests, "window": window,
+        "resamples": resamples, "band_quantiles": list(BAND), "seed": seed,
+        "layers": layers,
+        "pctr": {"mean": float(p.mean()), "expected_auc": expected_auc(p),
+                 "logit_bins": LOGIT_BINS, "logit_range": list(LOGIT_RANGE),
+                 "histogram": logit_histogram(p).tolist()},
+        "groups": {name: n / len(rows) for name, n in absent.items()},
+    }
+
+
+def read_requests(path: str | os.PathLike) -> list[dict]:
+    """Score bodies from a JSONL file, one per line; a bad line is named."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError as exc:
+                raise PackageError(f"{Path(path).name}:{i}: not JSON ({str(exc)[:120]})") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("ads"), list) or not isinstance(
+                    doc.get("context") or {}, dict):
+                raise PackageError(f"{Path(path).name}:{i}: expected a score body with an \"ads\" "
+                                   "list (and a \"context\" object)")
+            out.append(doc)
+    return out
+
+
+def write_baseline(package_dir: str | os.PathLike, baseline: Mapping[str, Any]) -> ModelPackage:
+    """Add (or replace) the package's baseline and rewrite ``checksums.md5``; the package is
+    loaded back with full validation. Its identity (the md5 of ``checksums.md5``) changes."""
+    root = Path(package_dir)
+    load_package(root)  # a valid package first
+    path = root / BASELINE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(baseline, separators=(",", ":")) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    sums = {name: md5_file(root / name) for name in package_files(root)}
+    (root / CHECKSUMS).write_text(format_checksums(sums), encoding="utf-8")
+    return load_package(root)
+
+
+def check_baseline(doc: Any, widths: Sequence[int]) -> dict:
+    """Validate a parsed baseline against the model's hidden widths; PackageError names the field."""
+    def bad(what: str) -> PackageError:
+        return PackageError(f"{BASELINE}: {what}")
+
+    if not isinstance(doc, dict) or doc.get("format") != 1:
+        raise bad("expected a JSON object with \"format\": 1")
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or len(layers) != len(widths):
+        raise bad(f"layers must list the model's {len(widths)} hidden layers")
+    for i, (layer, width) in enumerate(zip(layers, widths)):
+        neurons = layer.get("neurons") if isinstance(layer, dict) else None
+        if not isinstance(neurons, dict):
+            raise bad(f"layers[{i}].neurons must be an object")
+        for key in ("mean", "sigma", "zero_share"):
+            values = neurons.get(key)
+            if not isinstance(values, list) or len(values) != width or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                    for v in values):
+                raise bad(f"layers[{i}].neurons.{key} must be {width} finite numbers")
+        band = layer.get("band")
+        if not (isinstance(band, list) and len(band) == 2 and all(isinstance(v, (int, float)) for v in band)
+                and band[0] <= band[1]):
+            raise bad(f"layers[{i}].band must be [low, high]")
+    hist = (doc.get("pctr") or {}).get("histogram") if isinstance(doc.get("pctr"), dict) else None
+    if not isinstance(hist, list) or len(hist) != LOGIT_BINS:
+        raise bad(f"pctr.histogram must hold {LOGIT_BINS} counts")
+    if not isinstance(doc.get("groups"), dict):
+        raise bad("groups must map each group to its absent share")
+    return doc
