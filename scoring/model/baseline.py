@@ -65,13 +65,12 @@ def compute_baseline(package: ModelPackage, requests: Iterable[Mapping[str, Any]
         raise PackageError("baseline: the reference requests hold no ads")
     hidden: list[np.ndarray] = []
     p = mlp_forward(package, np.stack(rows), hidden)
-    rng = np.random.default_rng(seed)
-    picks = [rng.integers(0, len(rows), size=window) for _ in range(resamples)]
+    counts = _resample_counts(len(rows), window, resamples, seed)
     layers = []
     for li, h in enumerate(hidden):
         moments = LayerMoments(h.shape[1])
         moments.add(h)
-        boot = np.array([h[idx].std(axis=0).mean() for idx in picks]) if resamples else np.zeros(1)
+        boot = _resampled_fluctuation(h, counts, window) if resamples else np.zeros(1)
         layers.append({
             "layer": li + 1, "width": int(h.shape[1]),
             "fluctuation": moments.fluctuation, "fluctuation_mad": mean_abs_fluctuation(h),
@@ -88,6 +87,25 @@ def compute_baseline(package: ModelPackage, requests: Iterable[Mapping[str, Any]
                  "histogram": logit_histogram(p).tolist()},
         "groups": {name: n / len(rows) for name, n in absent.items()},
     }
+
+
+def _resample_counts(n_rows: int, window: int, resamples: int, seed: int) -> np.ndarray:
+    """How often each row appears in each of ``resamples`` windows of ``window`` rows drawn
+    with replacement: [resamples, n_rows]."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(window, np.full(n_rows, 1.0 / n_rows), size=max(1, resamples)).astype(np.float64)
+
+
+def _resampled_fluctuation(h: np.ndarray, counts: np.ndarray, window: int) -> np.ndarray:
+    """F_l of each resampled window, from weighted sums (two matrix products, not a copy of
+    every window): population std per neuron = sqrt(E[h^2] - E[h]^2) over the window."""
+    out = np.empty(counts.shape[0])
+    for r0 in range(0, counts.shape[0], 32):
+        c = counts[r0:r0 + 32]
+        mean = c @ h / window
+        var = np.maximum(c @ (h * h) / window - mean * mean, 0.0)
+        out[r0:r0 + 32] = np.sqrt(var).mean(axis=1)
+    return out
 
 
 def read_requests(path: str | os.PathLike) -> list[dict]:

@@ -46,14 +46,28 @@ def mlp_weights(rng: np.random.Generator, sizes: list[int]) -> tuple[list[np.nda
     return weights, biases
 
 
+BASELINE_REQUESTS = 20  # generated 100-ad requests for the demo's health baseline (~2 s)
+
+
 def write_demo(out: str | os.PathLike, *, seed: int = 0, version: str | None = None,
-               name: str = DEMO_NAME, bucket_shift: int = 0) -> Path:
+               name: str = DEMO_NAME, bucket_shift: int = 0,
+               baseline_requests: int = BASELINE_REQUESTS) -> Path:
     """Write the demo package to ``out``. ``bucket_shift`` > 0 makes every table 2^shift times
-    smaller (same net, for quick tests)."""
+    smaller (same net, for quick tests). Its health baseline is computed on
+    ``baseline_requests`` generated requests (0: none)."""
     rng = np.random.default_rng(seed)
     groups = demo_groups(rng, bucket_shift=bucket_shift)
     sizes = [len(groups) * DIM, *HIDDEN, 1]
     weights, biases = mlp_weights(rng, sizes)
-    return export_numpy(out, name=name, version=version or f"seed{seed}", groups=groups,
+    path = export_numpy(out, name=name, version=version or f"seed{seed}", groups=groups,
                         weights=weights, biases=biases,
                         extra={"description": f"built-in demo model, seed {seed}"})
+    if baseline_requests:
+        from .baseline import compute_baseline, write_baseline
+        from .package import load_package
+        from .quantize import generated_requests
+        pkg = load_package(path)
+        reqs = [{"context": c, "ads": a}
+                for c, a in generated_requests(pkg, baseline_requests, 100, seed)]
+        write_baseline(path, compute_baseline(pkg, reqs, seed=seed))
+    return path

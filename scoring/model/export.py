@@ -31,11 +31,26 @@ class Group:
 def export_numpy(out: str | os.PathLike, *, name: str, version: str, groups: Sequence[Group],
                  weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
                  dense_dim: int = 0, activations: Sequence[str] | None = None,
-                 extra: Mapping[str, Any] | None = None, tables: str = "float32") -> Path:
+                 extra: Mapping[str, Any] | None = None, tables: str = "float32",
+                 baseline_requests: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write a package from arrays. Weights are ``[in, out]``; hidden layers default to ReLU and
     the last to sigmoid. ``extra`` adds optional manifest fields (e.g. training metadata).
     ``tables="int8"`` or ``"fp16"`` stores the embedding tables compact (int8 row-wise or
-    float16), which makes a format 2 package (:mod:`scoring.model.quantize`)."""
+    float16), which makes a format 2 package (:mod:`scoring.model.quantize`).
+    ``baseline_requests`` (score bodies) adds the health baseline computed on them
+    (:mod:`scoring.model.baseline`)."""
+    path = _export_numpy(out, name=name, version=version, groups=groups, weights=weights,
+                         biases=biases, dense_dim=dense_dim, activations=activations, extra=extra,
+                         tables=tables)
+    if baseline_requests is not None:
+        from .baseline import compute_baseline, write_baseline
+        from .package import load_package
+        write_baseline(path, compute_baseline(load_package(path), baseline_requests))
+    return path
+
+
+def _export_numpy(out, *, name, version, groups, weights, biases, dense_dim, activations, extra,
+                  tables) -> Path:
     if len(weights) != len(biases):
         raise PackageError(f"export: {len(weights)} weights but {len(biases)} biases")
     if activations is None:
@@ -76,11 +91,12 @@ def export_numpy(out: str | os.PathLike, *, name: str, version: str, groups: Seq
 
 def export_torch(out: str | os.PathLike, embeddings: Mapping[str, Any], mlp: Any, *, name: str,
                  version: str, sides: Mapping[str, str], dense_dim: int = 0,
-                 tables: str = "float32") -> Path:
+                 tables: str = "float32",
+                 baseline_requests: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write a package from a PyTorch model built as per-group ``nn.EmbeddingBag`` (mode
     ``sum``/``mean``; ``embeddings`` in MLP input order) and an ``nn.Sequential`` of
     ``Linear``/``ReLU`` ending in ``Linear(., 1)``, ``Sigmoid``. ``sides`` maps each group to
-    ``"context"`` or ``"ad"``. ``tables``: as for :func:`export_numpy`."""
+    ``"context"`` or ``"ad"``. ``tables``, ``baseline_requests``: as for :func:`export_numpy`."""
     import torch
     from torch import nn
 
@@ -115,7 +131,7 @@ def export_torch(out: str | os.PathLike, embeddings: Mapping[str, Any], mlp: Any
     with torch.no_grad():
         return export_numpy(out, name=name, version=version, groups=groups, weights=weights,
                             biases=biases, dense_dim=dense_dim, activations=activations,
-                            tables=tables)
+                            tables=tables, baseline_requests=baseline_requests)
 
 
 def _numpy(t: Any) -> np.ndarray:

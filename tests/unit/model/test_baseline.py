@@ -144,3 +144,14 @@ def test_a_package_with_a_baseline_syncs_whole(model, tmp_path):
                                rate_limit=None, backoff=0.01))
     assert syncer.cycle().status == INSTALLED
     assert load_package(syncer.repo.path("ctr", "v1")).baseline is not None
+
+
+def test_resampled_windows_from_weighted_sums_equal_the_windows_themselves():
+    from scoring.model.baseline import _resample_counts, _resampled_fluctuation
+
+    rng = np.random.default_rng(4)
+    h = np.maximum(rng.standard_normal((300, 9)) * 2, 0)
+    counts = _resample_counts(300, 120, 40, seed=3)
+    assert (counts.sum(axis=1) == 120).all()
+    direct = [np.repeat(h, c.astype(int), axis=0).std(axis=0).mean() for c in counts]
+    np.testing.assert_allclose(_resampled_fluctuation(h, counts, 120), direct, rtol=1e-9)
