@@ -155,3 +155,21 @@ def test_resampled_windows_from_weighted_sums_equal_the_windows_themselves():
     assert (counts.sum(axis=1) == 120).all()
     direct = [np.repeat(h, c.astype(int), axis=0).std(axis=0).mean() for c in counts]
     np.testing.assert_allclose(_resampled_fluctuation(h, counts, 120), direct, rtol=1e-9)
+
+
+def test_the_exporter_writes_the_baseline_it_is_given(tmp_path, model):
+    from scoring.model.export import Group, export_numpy
+
+    pkg = load_package(model)
+    reqs = _requests(pkg, 8, seed=9)
+    out = export_numpy(tmp_path / "exported", name="ctr", version="v9",
+                       groups=[Group(g.name, g.side, np.asarray(t), g.pooling)
+                               for g, t in zip(pkg.manifest.groups, pkg.tables)],
+                       weights=pkg.weights, biases=pkg.biases, dense_dim=pkg.manifest.dense_dim,
+                       baseline_requests=reqs)
+    exported = load_package(out)
+    want = compute_baseline(pkg, reqs)
+    got = exported.baseline
+    assert got["rows"] == want["rows"] and got["groups"] == want["groups"]
+    for a, b in zip(got["layers"], want["layers"]):
+        assert a["fluctuation"] == pytest.approx(b["fluctuation"], rel=1e-12)

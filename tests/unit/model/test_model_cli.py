@@ -28,6 +28,10 @@ def test_demo_is_deterministic_and_has_the_seed_net(tmp_path):
     assert sum(g.side == "context" for g in m.groups) == 8
     assert [w.shape for w in pa.weights] == [(512, 256), (256, 256), (256, 256), (256, 128), (128, 1)]
     np.testing.assert_array_equal(pa.weights[2], pb.weights[2])
+    # the demo carries its health baseline: one entry per hidden layer, deterministic too
+    assert pa.baseline == pb.baseline and pa.baseline != pc.baseline
+    assert [layer["width"] for layer in pa.baseline["layers"]] == [256, 256, 256, 128]
+    assert pa.baseline["rows"] == 20 * 100
 
 
 def test_cli_demo_inspect_verify(tmp_path):
