@@ -1,0 +1,59 @@
+"""The engine's instrumented forward pass: every hidden layer's output, for model health.
+
+The service samples a share of live requests and watches its models' hidden neurons
+(docs/insight.md). This pass pools the embeddings with the engine's own compiled kernel (the
+same tables, dtypes and pooling) and runs the layers in NumPy on the engine's own weights
+(float32, bf16-rounded for a bf16 model), keeping each hidden layer's post-ReLU output. It runs
+off the request path, on a background thread, on a small share of traffic: clarity over speed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..model.quantize import bf16_values
+from . import kernels
+from .features import EncodedBatch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scorer import Engine
+
+
+def pooled_inputs(engine: "Engine", batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray]:
+    """(context vector [1, ctx_width], ad rows [n, ad_width] with the dense features), in the
+    engine's kernel column order."""
+    ctx, ad = engine._ctx, engine._ad
+    x_ctx = np.zeros((1, max(1, ctx.width)), dtype=np.float32)
+    ctx_counts = np.zeros(max(1, len(engine.layout.ctx_groups)), dtype=np.float32)
+    kernels.pool_embeddings(*ctx.args(), batch.ctx_ids, batch.ctx_keys, batch.ctx_lens,
+                            len(engine.layout.ctx_groups), 0, 1, 0, 0, x_ctx, ctx_counts)
+    n = batch.n_ads
+    x_ad = np.zeros((n, max(1, engine.ad_width)), dtype=np.float32)
+    counts = np.zeros(max(1, n * len(engine.layout.ad_groups)), dtype=np.float32)
+    if n:
+        kernels.pool_embeddings(*ad.args(), batch.ad_ids, batch.ad_keys, batch.ad_lens,
+                                len(engine.layout.ad_groups), 0, n, 0, 0, x_ad, counts)
+        if batch.dense.shape[1]:
+            x_ad[:, engine.dense_col:engine.dense_col + batch.dense.shape[1]] = batch.dense
+    return x_ctx[:, :ctx.width], x_ad[:, :engine.ad_width]
+
+
+def hidden_outputs(engine: "Engine", batch: EncodedBatch) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each hidden layer's post-ReLU output [n, width] (float32) and the pCTRs, for ``batch``."""
+    x_ctx, x_ad = pooled_inputs(engine, batch)
+    bf16 = engine.prec != kernels.PREC_F32
+    rnd = bf16_values if bf16 else (lambda a: a)
+    c = engine.b0 + rnd(x_ctx) @ engine.w_ctx            # the context part, once
+    h = np.maximum(rnd(x_ad) @ engine.w_ad + c, 0.0) if engine.act0 == kernels.ACT_RELU \
+        else rnd(x_ad) @ engine.w_ad + c
+    hidden = []
+    for wo, k_in, n_out, bo, act in engine.layers.tolist():
+        hidden.append(h.astype(np.float32))
+        w = engine.params[wo:wo + k_in * n_out].reshape(k_in, n_out)
+        z = rnd(h.astype(np.float32)) @ w + engine.params[bo:bo + n_out]
+        h = np.maximum(z, 0.0) if act == kernels.ACT_RELU else z
+    if engine.layers.shape[0] == 0:  # one layer: the output itself
+        return [], 1.0 / (1.0 + np.exp(-h[:, 0]))
+    return hidden, (1.0 / (1.0 + np.exp(-h[:, 0].astype(np.float64)))).astype(np.float32)
