@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-from .manifest import CHECKSUMS, PackageError, check_relative_path
+from .manifest import CHECKSUMS, PackageError, check_relative_path, read_small_file
 
 _MD5_LINE = re.compile(r"^([0-9a-fA-F]{32}) [ *](.+)$")
 MAX_CHECKSUMS_BYTES = 1 << 20  # one line per file: a package's list is a few KB
@@ -37,13 +37,9 @@ def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def read_checksums(root: Path) -> tuple[bytes, dict[str, str]]:
     """The bytes of ``<root>/checksums.md5`` and what they list; :class:`ChecksumError` if it is
     missing, larger than 1 MiB or malformed."""
-    cpath = root / CHECKSUMS
-    if cpath.is_symlink() or not cpath.is_file():
-        raise ChecksumError(f"{CHECKSUMS}: missing (or not a regular file)")
-    with open(cpath, "rb") as fh:
-        data = fh.read(MAX_CHECKSUMS_BYTES + 1)
-    if len(data) > MAX_CHECKSUMS_BYTES:
-        raise ChecksumError(f"{CHECKSUMS}: larger than {MAX_CHECKSUMS_BYTES} bytes")
+    data = read_small_file(root / CHECKSUMS, MAX_CHECKSUMS_BYTES,
+                           f"{CHECKSUMS}: missing (or not a regular file)",
+                           f"{CHECKSUMS}: larger than {MAX_CHECKSUMS_BYTES} bytes", ChecksumError)
     try:
         return data, parse_checksums(data.decode("utf-8", errors="replace"))
     except ChecksumError:

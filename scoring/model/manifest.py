@@ -247,17 +247,27 @@ def parse_manifest(raw: Any) -> Manifest:
     return manifest
 
 
+def read_small_file(path: Path, limit: int, missing: str, too_large: str,
+                    error: type[PackageError] = PackageError) -> bytes:
+    """The bytes of a package's small metadata file (manifest, checksums, baseline), refused
+    unread beyond ``limit``; ``error(missing)`` when it is not a regular file, a symlink
+    included, and ``error(too_large)`` when it is larger."""
+    if path.is_symlink() or not path.is_file():
+        raise error(missing)
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise error(too_large)
+    return data
+
+
 def read_manifest(root: str | os.PathLike) -> Manifest:
     """Read and parse ``<root>/manifest.json``; larger than 1 MiB is refused unread."""
-    path = Path(root) / MANIFEST
-    if path.is_symlink() or not path.is_file():
-        raise PackageError(f"{MANIFEST}: missing in {Path(root).name} (or not a regular file)")
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_MANIFEST_BYTES + 1)
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise PackageError(f"{MANIFEST}: larger than {MAX_MANIFEST_BYTES} bytes; a manifest names "
-                           "files and shapes and is a few KB")
-    return parse_manifest_bytes(data)
+    return parse_manifest_bytes(read_small_file(
+        Path(root) / MANIFEST, MAX_MANIFEST_BYTES,
+        f"{MANIFEST}: missing in {Path(root).name} (or not a regular file)",
+        f"{MANIFEST}: larger than {MAX_MANIFEST_BYTES} bytes; a manifest names files and shapes "
+        "and is a few KB"))
 
 
 def parse_manifest_bytes(data: bytes) -> Manifest:

@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from .checksums import read_checksums, verify_checksums
-from .manifest import CHECKSUMS, MANIFEST, Manifest, PackageError, read_manifest
+from .manifest import (
+    CHECKSUMS,
+    MANIFEST,
+    Manifest,
+    PackageError,
+    read_manifest,
+    read_small_file,
+)
 
 FLOAT32_LE = np.dtype("<f4")
 TABLE_NUMPY_DTYPES = {"float32": FLOAT32_LE, "float16": np.dtype("<f2"), "int8_rowwise": np.dtype("i1")}
@@ -200,13 +207,9 @@ def _read_baseline(root: Path, sums: dict[str, str], widths: list[int]) -> dict 
 
     if BASELINE not in sums:
         return None
-    path = root / BASELINE
-    if path.is_symlink() or not path.is_file():
-        raise PackageError(f"{BASELINE}: listed in {CHECKSUMS} but missing")
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_BASELINE_BYTES + 1)
-    if len(data) > MAX_BASELINE_BYTES:
-        raise PackageError(f"{BASELINE}: larger than {MAX_BASELINE_BYTES} bytes")
+    data = read_small_file(root / BASELINE, MAX_BASELINE_BYTES,
+                           f"{BASELINE}: listed in {CHECKSUMS} but missing",
+                           f"{BASELINE}: larger than {MAX_BASELINE_BYTES} bytes")
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
