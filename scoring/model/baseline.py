@@ -53,7 +53,10 @@ def compute_baseline(package: ModelPackage, requests: Iterable[Mapping[str, Any]
         ctx = req.get("context") or {}
         for j, ad in enumerate(req.get("ads") or []):
             try:
-                rows.append(mlp_input(package, ctx, ad))
+                row = mlp_input(package, ctx, ad)
+                if not np.isfinite(row).all():
+                    raise ValueError("a dense value is not a finite number")
+                rows.append(row)
                 feats = ad.get("features") or {}
                 for g in m.groups:
                     absent[g.name] += _absent((ctx if g.side == "context" else feats).get(g.name))
@@ -111,13 +114,13 @@ def _resampled_fluctuation(h: np.ndarray, counts: np.ndarray, window: int) -> np
 def read_requests(path: str | os.PathLike) -> list[dict]:
     """Score bodies from a JSONL file, one per line; a bad line is named."""
     out = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         for i, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                doc = json.loads(line)
-            except ValueError as exc:
+                doc = json.loads(line.decode("utf-8"))
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
                 raise PackageError(f"{Path(path).name}:{i}: not JSON ({str(exc)[:120]})") from None
             if not isinstance(doc, dict) or not isinstance(doc.get("ads"), list) or not isinstance(
                     doc.get("context") or {}, dict):
@@ -131,7 +134,8 @@ def write_baseline(package_dir: str | os.PathLike, baseline: Mapping[str, Any]) 
     """Add (or replace) the package's baseline and rewrite ``checksums.md5``; the package is
     loaded back with full validation. Its identity (the md5 of ``checksums.md5``) changes."""
     root = Path(package_dir)
-    load_package(root)  # a valid package first
+    pkg = load_package(root)  # a valid package first, and a valid baseline for it: nothing on
+    check_baseline(json.loads(json.dumps(baseline)), [w.shape[1] for w in pkg.weights[:-1]])  # disk changes otherwise
     path = root / BASELINE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")

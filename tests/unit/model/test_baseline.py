@@ -16,7 +16,12 @@ from scoring.model.baseline import (
     read_requests,
     write_baseline,
 )
-from scoring.model.checksums import ChecksumError
+from scoring.model.checksums import (
+    ChecksumError,
+    format_checksums,
+    md5_file,
+    package_files,
+)
 from scoring.model.cli import main as model_cli
 from scoring.model.health import expected_auc, logit_histogram
 from scoring.model.manifest import PackageError
@@ -89,6 +94,8 @@ def test_absent_shares_are_counted_per_row(model):
     assert base["groups"] == {"user_id": 1 / 4, "city": 1.0, "ad_id": 2 / 4, "category": 2 / 4}
     with pytest.raises(PackageError, match=r"requests\[1\].ads\[0\] is not a valid score request"):
         compute_baseline(pkg, [reqs[0], {"ads": [{"features": {"ad_id": "a"}}]}])
+    with pytest.raises(PackageError, match=r"requests\[0\].ads\[1\].*not a finite number"):
+        compute_baseline(pkg, [{"ads": [reqs[0]["ads"][0], {"dense": [float("inf"), 0.0]}]}])
 
 
 def test_the_file_in_the_package(model):
@@ -105,14 +112,24 @@ def test_the_file_in_the_package(model):
     with pytest.raises(ChecksumError):
         load_package(model)
     doc["layers"][1]["neurons"]["sigma"] = doc["layers"][1]["neurons"]["sigma"][:-1]
+    _rewrite(model, base)  # back to a valid package
+    sums_before = (model / "checksums.md5").read_bytes()
+    with pytest.raises(PackageError, match=r"layers\[1\].neurons.sigma must be 12 finite numbers"):
+        write_baseline(model, doc)  # refused before anything on disk changes
+    assert (model / "checksums.md5").read_bytes() == sums_before
+    load_package(model)
     with pytest.raises(PackageError, match=r"layers\[1\].neurons.sigma must be 12 finite numbers"):
         _rewrite(model, doc)
 
 
-def _rewrite(model, doc):
+def _rewrite(model, doc) -> object:
     """Write a baseline as is (no computation) and fix the checksums, then load."""
-    from scoring.model.checksums import format_checksums, md5_file, package_files
-    (model / BASELINE).write_text(json.dumps(doc))
+    return _place_baseline(model, json.dumps(doc).encode())
+
+
+def _place_baseline(model, data: bytes):
+    (model / BASELINE).parent.mkdir(exist_ok=True)
+    (model / BASELINE).write_bytes(data)
     (model / "checksums.md5").write_text(format_checksums(
         {name: md5_file(model / name) for name in package_files(model)}))
     return load_package(model)
@@ -173,3 +190,46 @@ def test_the_exporter_writes_the_baseline_it_is_given(tmp_path, model):
     assert got["rows"] == want["rows"] and got["groups"] == want["groups"]
     for a, b in zip(got["layers"], want["layers"]):
         assert a["fluctuation"] == pytest.approx(b["fluctuation"], rel=1e-12)
+
+
+def test_hostile_baseline_files_and_request_files_give_package_errors_only(model, tmp_path):
+    """Raw-byte mutations of a valid baseline file (checksums fixed after each, so the parser
+    is reached) and of a requests file: the loader and the command answer PackageError naming
+    the file, never another exception."""
+    import random
+
+    pkg = load_package(model)
+    reqs = _requests(pkg, 4)
+    good = json.dumps(compute_baseline(pkg, reqs, window=20, resamples=3)).encode()
+    rnd = random.Random(7)
+    junk = [b"", b"\xff\xfe", b"1e400", b"NaN", b"[" * 5000, b"{}", b"null", b'"x"', b"-0"]
+
+    def mutate(data: bytes) -> bytes:
+        kind = rnd.randrange(4)
+        i = rnd.randrange(len(data) + 1)
+        if kind == 0:
+            return data[:i]
+        if kind == 1:
+            return data[:i] + rnd.choice(junk) + data[i + rnd.randrange(20):]
+        if kind == 2:
+            return data[:i] + bytes([rnd.randrange(256)]) + data[i + 1:]
+        return rnd.choice(junk)
+
+    outcomes = set()
+    for _ in range(150):
+        data = mutate(good)
+        try:
+            _place_baseline(model, data)
+            outcomes.add("loaded")
+        except PackageError as exc:
+            assert str(exc).startswith(BASELINE), str(exc)
+            outcomes.add("refused")
+    assert "refused" in outcomes
+    lines = "\n".join(json.dumps(r) for r in reqs).encode()
+    path = tmp_path / "reqs.jsonl"
+    for _ in range(150):
+        path.write_bytes(mutate(lines))
+        try:
+            compute_baseline(pkg, read_requests(path), window=10, resamples=2)
+        except PackageError:
+            pass
