@@ -42,18 +42,25 @@ def pooled_inputs(engine: "Engine", batch: EncodedBatch) -> tuple[np.ndarray, np
 
 def hidden_outputs(engine: "Engine", batch: EncodedBatch) -> tuple[list[np.ndarray], np.ndarray]:
     """Each hidden layer's post-ReLU output [n, width] (float32) and the pCTRs, for ``batch``."""
+    hidden, logit = forward_with_hidden(engine, batch)
+    with np.errstate(over="ignore"):
+        return hidden, (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+
+
+def forward_with_hidden(engine: "Engine", batch: EncodedBatch) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each hidden layer's post-ReLU output [n, width] (float32) and the output layer's
+    log-odds (float64; not finite where the net overflows)."""
     x_ctx, x_ad = pooled_inputs(engine, batch)
     bf16 = engine.prec != kernels.PREC_F32
     rnd = bf16_values if bf16 else (lambda a: a)
-    c = engine.b0 + rnd(x_ctx) @ engine.w_ctx            # the context part, once
-    h = np.maximum(rnd(x_ad) @ engine.w_ad + c, 0.0) if engine.act0 == kernels.ACT_RELU \
-        else rnd(x_ad) @ engine.w_ad + c
-    hidden = []
-    for wo, k_in, n_out, bo, act in engine.layers.tolist():
-        hidden.append(h.astype(np.float32))
-        w = engine.params[wo:wo + k_in * n_out].reshape(k_in, n_out)
-        z = rnd(h.astype(np.float32)) @ w + engine.params[bo:bo + n_out]
-        h = np.maximum(z, 0.0) if act == kernels.ACT_RELU else z
-    if engine.layers.shape[0] == 0:  # one layer: the output itself
-        return [], 1.0 / (1.0 + np.exp(-h[:, 0]))
-    return hidden, (1.0 / (1.0 + np.exp(-h[:, 0].astype(np.float64)))).astype(np.float32)
+    with np.errstate(all="ignore"):  # an overflowing net is what the caller looks for
+        c = engine.b0 + rnd(x_ctx) @ engine.w_ctx            # the context part, once
+        h = np.maximum(rnd(x_ad) @ engine.w_ad + c, 0.0) if engine.act0 == kernels.ACT_RELU \
+            else rnd(x_ad) @ engine.w_ad + c
+        hidden = []
+        for wo, k_in, n_out, bo, act in engine.layers.tolist():
+            hidden.append(h.astype(np.float32))
+            w = engine.params[wo:wo + k_in * n_out].reshape(k_in, n_out)
+            z = rnd(h.astype(np.float32)) @ w + engine.params[bo:bo + n_out]
+            h = np.maximum(z, 0.0) if act == kernels.ACT_RELU else z
+    return hidden, h[:, 0].astype(np.float64)

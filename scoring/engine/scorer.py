@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import orjson
@@ -23,6 +23,14 @@ from ..model.quantize import bf16_values
 from . import jsonscan, kernels
 from .codegen import target_has
 from .features import EncodedBatch, FeatureLayout
+
+# called with (engine, batch, copy) for a request the health monitor samples; ``copy``: the
+# batch views the scanner's pooled buffers (scoring.monitor)
+Keep = Callable[["Engine", EncodedBatch, bool], None]
+
+
+class NonFiniteOutput(InvalidRequest):
+    """The net's output is not a number for an ad (an overflow inside it)."""
 
 SMALL_BATCH = 1      # up to this many ads per chunk: pruned one-ad form; above: register tiles
 CHUNK = 96           # ads per pass through the layers: activations stay in L2; a multiple of 6
@@ -235,9 +243,15 @@ class Engine:
 
     # -- scoring ----------------------------------------------------------------------------
 
-    def score(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> np.ndarray:
-        """pCTR (float32) of every ad; raises ``InvalidRequest`` naming a bad field."""
-        return self.score_encoded(self.layout.encode(context, ads))
+    def score(self, context: Mapping[str, Any] | None, ads: Sequence[Any],
+              keep: Keep | None = None) -> np.ndarray:
+        """pCTR (float32) of every ad; raises ``InvalidRequest`` naming a bad field. ``keep``
+        gets the encoded request once it scored (the health monitor's sample)."""
+        batch = self.layout.encode(context, ads)
+        out = self.score_encoded(batch)
+        if keep is not None:
+            keep(self, batch, False)
+        return out
 
     def score_encoded(self, batch: EncodedBatch) -> np.ndarray:
         out = np.empty(batch.n_ads, dtype=np.float32)
@@ -258,12 +272,13 @@ class Engine:
         finally:
             self._pool.put(s)
         if bad >= 0:
-            raise InvalidRequest(f"ads[{bad}]: the model's output is not a number for this ad "
+            raise NonFiniteOutput(f"ads[{bad}]: the model's output is not a number for this ad "
                                  "(an overflow inside the net; are its dense values far outside "
                                  "what the model was trained on?)")
         return out
 
-    def score_json(self, body: bytes, max_ads: int, max_values: int) -> tuple[np.ndarray, Any] | None:
+    def score_json(self, body: bytes, max_ads: int, max_values: int,
+                   keep: Keep | None = None) -> tuple[np.ndarray, Any] | None:
         """Score a raw score-request body through the compiled scanner (``jsonscan``).
 
         Returns (pCTRs, request_id), or None when the body is outside the scanner's shape (escapes,
@@ -278,6 +293,8 @@ class Engine:
                 return None
             batch, rid_kind, rid_s, rid_e = scanned
             scores = self.score_encoded(batch)
+            if keep is not None:
+                keep(self, batch, True)
         finally:
             self._scan_pool.put(sb)
         rid = orjson.loads(body[rid_s:rid_e]) if rid_kind != jsonscan.RID_NONE else None
@@ -360,10 +377,17 @@ class Engine:
             ads = [{"features": {g.name: [int(rng.integers(0, 2**63)), int(rng.integers(0, 2**63))]
                                  for g in self.layout.ad_groups},
                     "dense": [0.5] * self.manifest.dense_dim} for _ in range(n)]
-            self.score(ctx, ads)
+            try:  # a net that overflows still gets warm: the guarded swap judges its outputs
+                self.score(ctx, ads)
+            except NonFiniteOutput:
+                pass
             if not self.manifest.dense_dim:  # the compiled body scanner the service tries first
                 body = orjson.dumps({"request_id": "warm-up", "context": ctx, "ads": ads})
-                if self.score_json(body, max_ads=n, max_values=2) is None:
+                try:
+                    scanned = self.score_json(body, max_ads=n, max_values=2)
+                except NonFiniteOutput:
+                    scanned = ()
+                if scanned is None:
                     raise RuntimeError("warm-up: the body scanner refused a well-formed body")
         self.mlp(np.zeros(self._ctx.width, np.float32), np.zeros((1, self.w_ad.shape[0]), np.float32))
         self.touch_pages()

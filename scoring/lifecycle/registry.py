@@ -64,11 +64,17 @@ class SyncResult:
     failed: tuple[str, str] | None = None  # (version, reason)
     reason: str | None = None
     rolled_back_from: str | None = None
+    held: tuple[str, str] | None = None  # (version, reason): the guarded swap held it back
+    gate: dict[str, Any] | None = None  # the guarded swap's decision, when one was made
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "version": self.live, "changed": self.changed}
         if self.failed:
             out["failed"] = {"version": self.failed[0], "reason": self.failed[1]}
+        if self.held:
+            out["held"] = {"version": self.held[0], "reason": self.held[1]}
+        if self.gate is not None:
+            out["gate"] = self.gate
         if self.reason:
             out["reason"] = self.reason
         if self.rolled_back_from is not None:
@@ -102,6 +108,9 @@ class Registry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.priority = "unchanged"
+        # the guarded swap (scoring.monitor.gate.SwapGate): judges a loaded version before it
+        # goes live; None lets every valid version through
+        self.gate: Any = None
 
     # -- the request path --------------------------------------------------------------------
 
@@ -111,6 +120,10 @@ class Registry:
         if model is None:
             raise self._missing(name)
         return model
+
+    def live(self, name: str) -> LiveModel | None:
+        """The live version of ``name``, or None (no error: for status pages)."""
+        return self._live.get(name)
 
     def default(self) -> LiveModel:
         """The model ``POST /v1/score`` uses: the configured default, else the only model served.
@@ -177,6 +190,16 @@ class Registry:
         window = ROLLBACK_RETRY_WINDOW if expected is None and to is None else 0.0
         expected = expected if expected is not None else (current.version if current else None)
         return self._on_worker(lambda: self._rollback(name, to, expected, window))
+
+    def promote(self, name: str, version: str, force: bool = False) -> SyncResult:
+        """Serve ``version`` now (the admin promote endpoint): it is judged by the guarded swap
+        again, or with ``force`` not at all, and recorded live for every process. Runs on the
+        worker thread; the caller waits."""
+        if name in self._static:
+            raise ScoringError(f"model {name!r} is not served from the repository; nothing to promote", 409)
+        if not self._in_repo(name):
+            raise ModelNotFound(f"model {name!r} is not in the model repository")
+        return self._on_worker(lambda: self._promote(name, version, force))
 
     def poke(self, name: str) -> None:
         """Look at ``name`` soon, on the worker (the syncer installed a version); returns at once."""
@@ -372,6 +395,16 @@ class Registry:
         model, failure = self._load(name, version, fingerprint, reject=True)
         if model is None:
             return SyncResult(name, live_before, failed=(version, failure))
+        decision = self._judge(name, version, model, current)
+        if decision is not None and not decision.passed:
+            if self.repo.hold(name, version, decision.reason, fingerprint):
+                self._retired.append((time.monotonic(), model))  # released here, off the request path
+                self._last_failure[name] = (version, f"held by the guarded swap: {decision.reason}")
+                self.gate.held(name, version, decision)
+                return SyncResult(name, live_before, held=(version, decision.reason),
+                                  gate=decision.describe())
+            log.info("model %r: %r went live in another process meanwhile; following it",
+                     name, version)
         live = self.repo.promote(name, version, decided_at)
         if live != version:  # a newer decision (e.g. a rollback) won; follow it next poll
             log.info("model %r: %r loaded but %r was decided meanwhile", name, version, live)
@@ -379,6 +412,64 @@ class Registry:
         self._swap_in(model, current)
         self._prune(name)
         return SyncResult(name, version, changed=True)
+
+    def _judge(self, name: str, version: str, model: LiveModel, current: LiveModel | None):
+        """The guarded swap's decision on a loaded version, or None when it does not judge it
+        (no gate, already live in another process, promoted by force)."""
+        if self.gate is None:
+            return None
+        state = self.repo.state(name)
+        if state.live == version or version in state.forced:
+            return None
+        try:
+            return self.gate.judge(model, current)
+        except Exception:  # a fault of the gate itself must not stop deployments
+            log.exception("model %r: the guarded swap failed on version %r; letting it through",
+                          name, version)
+            return None
+
+    def _promote(self, name: str, version: str, force: bool) -> SyncResult:
+        with self._lock(name):
+            state = self.repo.observe(name)
+            versions = self.repo.versions(name, state)
+            if version not in versions:
+                raise ScoringError(f"model {name!r}: version {version!r} is not in the repository; "
+                                   f"versions: {versions}", 409)
+            current = self._live.get(name)
+            if current is not None and current.version == version:
+                self.repo.release(name, version, forced=force)
+                return SyncResult(name, version, reason=f"version {version!r} is already live")
+            if self.repo.is_rejected(name, version, state):
+                raise ScoringError(f"model {name!r}: version {version!r} was rejected: "
+                                   f"{state.rejected[version].reason} (POST .../reload tries it "
+                                   "again)", 409)
+            decided_at = time.time()
+            model, failure = self._load(name, version, self.repo.fingerprint(name, version),
+                                        reject=False)
+            if model is None:
+                raise ScoringError(f"model {name!r}: version {version!r} failed to load: {failure}", 409)
+            decision = None
+            if force:
+                self.repo.release(name, version, forced=True)
+                if self.gate is not None:
+                    decision = self.gate.forced(name, version, current)
+            else:
+                decision = self._judge(name, version, model, current)
+                if decision is not None and not decision.passed:
+                    self.repo.hold(name, version, decision.reason, self.repo.fingerprint(name, version))
+                    self._retired.append((time.monotonic(), model))
+                    self.gate.held(name, version, decision)
+                    raise ScoringError(f"model {name!r}: version {version!r} is held by the guarded "
+                                       f"swap: {decision.reason}; add force=true to promote it "
+                                       "anyway", 409)
+                self.repo.release(name, version, forced=False)
+            live = self.repo.promote(name, version, decided_at)
+            if live != version:
+                raise ScoringError(f"model {name!r}: {live!r} was decided while {version!r} "
+                                   "loaded; try again", 409)
+            self._swap_in(model, current)
+            return SyncResult(name, version, changed=True,
+                              gate=decision.describe() if decision is not None else None)
 
     def _swap_in(self, model: LiveModel, current: LiveModel | None) -> None:
         self._set_live(model)
@@ -432,6 +523,11 @@ class Registry:
             return f"model {name!r} has no version in the repository"
         rejected = [v for v in versions if self.repo.is_rejected(name, v, state)]
         newer = versions[versions.index(live) + 1:] if live in versions else versions
+        newer_held = [v for v in newer if self.repo.is_held(name, v, state)]
+        if newer_held:
+            v = newer_held[-1]
+            return (f"version {v!r} is held by the guarded swap: {state.held[v].reason} "
+                    f"(POST .../promote?version={v}&force=true serves it anyway)")
         newer_rejected = [v for v in newer if v in rejected]
         if newer_rejected:
             v = newer_rejected[-1]
@@ -479,10 +575,16 @@ class Registry:
             out["versions"] = self.repo.versions(name, state)
             out["previous"] = self.repo.previous(name, state)
             out["rejected"] = {v: r.reason for v, r in state.rejected.items()}
+            out["held"] = {v: r.reason for v, r in state.held.items()
+                           if self.repo.is_held(name, v, state)}
+            if model is None and out["held"]:
+                out["state"] = "held"
             if sf.read_only_reason:
                 out["repository_read_only"] = sf.read_only_reason
             if sf.unreadable:
                 out["state_error"] = sf.unreadable
+        if self.gate is not None:
+            out["gate"] = self.gate.last(name)
         failure = self._last_failure.get(name)
         if failure:
             out["last_failure"] = {"version": failure[0], "reason": failure[1]}

@@ -30,6 +30,7 @@ from pathlib import Path
 from ..model.manifest import PackageError, check_name, is_valid_name
 from .state import (
     FORMAT,
+    HISTORY_MAX,
     ModelState,
     Rejection,
     StateFile,
@@ -139,6 +140,7 @@ class ModelRepo:
             for v in gone:
                 state.installed.pop(v, None)
                 state.rejected.pop(v, None)
+                state.held.pop(v, None)
             state.format = FORMAT
             sf.write(state)
         if new:
@@ -149,7 +151,8 @@ class ModelRepo:
         """The version that should serve now: the newest one first seen after the last decision
         (and not rejected as its files are), else the live one, else the newest."""
         state = self.observe(name)
-        versions = [v for v in self.versions(name, state) if not self.is_rejected(name, v, state)]
+        versions = [v for v in self.versions(name, state) if not self.is_rejected(name, v, state)
+                    and not self.is_held(name, v, state)]
         if not versions:
             return None
         fresh = [v for v in versions if state.installed.get(v, time.time()) > state.live_since]
@@ -193,7 +196,8 @@ class ModelRepo:
         state = state or self.state(name)
         present = set(self._present(name))
         for v in reversed(state.history):
-            if v != state.live and v in present and not self.is_rejected(name, v, state):
+            if v != state.live and v in present and not self.is_rejected(name, v, state) \
+                    and not self.is_held(name, v, state):
                 return v
         return None
 
@@ -293,15 +297,47 @@ class ModelRepo:
         return rej.fingerprint == self.fingerprint(name, version)
 
     def clear_rejections(self, name: str) -> list[str]:
-        """Forget every rejection of a model (an operator's explicit reload); returns them."""
+        """Forget every rejection and hold of a model (an operator's explicit reload: they are
+        judged again); returns them."""
         sf = self.state_file(name)
         with sf.locked():
             state = sf.read()
-            cleared = sorted(state.rejected)
+            cleared = sorted(set(state.rejected) | set(state.held))
             if cleared:
                 state.rejected.clear()
+                state.held.clear()
                 sf.write(state)
         return cleared
+
+    # -- the guarded swap ---------------------------------------------------------------------
+
+    def hold(self, name: str, version: str, reason: str, fingerprint: str) -> bool:
+        """Record that the guarded swap holds ``version`` back (as its files are now), unless it
+        went live meanwhile (another process judged it first); returns whether it is held."""
+        sf = self.state_file(name)
+        with sf.locked():
+            state = sf.read()
+            if state.live == version or version in state.forced:
+                return False
+            state.held[version] = Rejection(reason[:1000], fingerprint, time.time())
+            sf.write(state)
+        return True
+
+    def release(self, name: str, version: str, forced: bool) -> None:
+        """Forget a hold; ``forced``: an admin promotes it past the guarded swap."""
+        sf = self.state_file(name)
+        with sf.locked():
+            state = sf.read()
+            state.held.pop(version, None)
+            if forced:
+                state.forced = [v for v in state.forced if v != version][-(HISTORY_MAX - 1):] + [version]
+            sf.write(state)
+
+    def is_held(self, name: str, version: str, state: ModelState | None = None) -> bool:
+        """Held by the guarded swap, and its files are still what they were then."""
+        state = state or self.state(name)
+        held = state.held.get(version)
+        return held is not None and held.fingerprint == self.fingerprint(name, version)
 
     # -- install, prune, staging ------------------------------------------------------------
 

@@ -84,6 +84,8 @@ class ModelState:
     rejected: dict[str, Rejection] = field(default_factory=dict)
     last_rollback: dict[str, Any] | None = None
     refused: dict[str, dict[str, Any]] = field(default_factory=dict)
+    held: dict[str, Rejection] = field(default_factory=dict)  # by the guarded swap
+    forced: list[str] = field(default_factory=list)  # promoted past the guarded swap by an admin
     format: int = FORMAT
 
     @classmethod
@@ -96,14 +98,17 @@ class ModelState:
                    last_rollback=raw.get("last_rollback") if isinstance(raw.get("last_rollback"), dict)
                    else None,
                    refused={str(k): dict(v) for k, v in dict(raw.get("refused", {})).items()
-                            if isinstance(v, dict)})
+                            if isinstance(v, dict)},
+                   held={str(k): Rejection.from_json(v) for k, v in dict(raw.get("held", {})).items()},
+                   forced=[str(v) for v in raw.get("forced", []) if isinstance(v, str)][-HISTORY_MAX:])
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "live": self.live, "live_since": self.live_since,
                 "history": self.history,
                 "installed": self.installed,
                 "rejected": {v: r.to_json() for v, r in self.rejected.items()},
-                "last_rollback": self.last_rollback, "refused": self.refused}
+                "last_rollback": self.last_rollback, "refused": self.refused,
+                "held": {v: r.to_json() for v, r in self.held.items()}, "forced": self.forced}
 
     def refuse(self, checksums_md5: str, version: str, reason: str) -> None:
         self.refused[checksums_md5] = {"version": version, "reason": reason[:500], "at": time.time()}
@@ -325,7 +330,9 @@ def _overlay(disk: ModelState, mine: ModelState) -> ModelState:
     out = ModelState(format=max(disk.format, mine.format),
                      installed={**mine.installed, **disk.installed},
                      rejected={**disk.rejected, **mine.rejected},
-                     refused={**disk.refused, **mine.refused})
+                     refused={**disk.refused, **mine.refused},
+                     held={**disk.held, **mine.held},
+                     forced=list(dict.fromkeys(disk.forced + mine.forced)))
     newer = mine if mine.live_since >= disk.live_since else disk
     out.live, out.live_since = newer.live, newer.live_since
     out.history = list(newer.history)

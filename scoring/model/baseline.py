@@ -33,6 +33,9 @@ from .package import ModelPackage, load_package
 from .reference import mlp_forward, mlp_input
 
 BASELINE = "health/baseline.json"
+REQUESTS = "health/requests.jsonl"  # the reference requests themselves (the guarded swap's)
+MAX_REQUESTS = 2000                 # kept in the package: the guarded swap's sample size
+MAX_REQUESTS_BYTES = 16 << 20
 WINDOW = 20_000
 RESAMPLES = 200
 BAND = (0.005, 0.995)
@@ -130,20 +133,62 @@ def read_requests(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def write_baseline(package_dir: str | os.PathLike, baseline: Mapping[str, Any]) -> ModelPackage:
+def write_baseline(package_dir: str | os.PathLike, baseline: Mapping[str, Any],
+                   requests: Sequence[Mapping[str, Any]] | None = None) -> ModelPackage:
     """Add (or replace) the package's baseline and rewrite ``checksums.md5``; the package is
-    loaded back with full validation. Its identity (the md5 of ``checksums.md5``) changes."""
+    loaded back with full validation. Its identity (the md5 of ``checksums.md5``) changes.
+    ``requests``: the reference requests, kept as ``health/requests.jsonl`` (the last
+    ``MAX_REQUESTS`` that fit in ``MAX_REQUESTS_BYTES``) for the guarded swap."""
     root = Path(package_dir)
     pkg = load_package(root)  # a valid package first, and a valid baseline for it: nothing on
     check_baseline(json.loads(json.dumps(baseline)), [w.shape[1] for w in pkg.weights[:-1]])  # disk changes otherwise
     path = root / BASELINE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(baseline, separators=(",", ":")) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _write_atomic(path, (json.dumps(baseline, separators=(",", ":")) + "\n").encode())
+    if requests is not None:
+        lines, size = [], 0
+        for req in list(requests)[-MAX_REQUESTS:][::-1]:
+            line = json.dumps({"context": req.get("context") or {}, "ads": req.get("ads") or []},
+                              separators=(",", ":")).encode() + b"\n"
+            if size + len(line) > MAX_REQUESTS_BYTES:
+                break
+            lines.append(line)
+            size += len(line)
+        _write_atomic(root / REQUESTS, b"".join(lines[::-1]))
     sums = {name: md5_file(root / name) for name in package_files(root)}
     (root / CHECKSUMS).write_text(format_checksums(sums), encoding="utf-8")
     return load_package(root)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def reference_requests(package: ModelPackage) -> list[dict] | None:
+    """The package's reference requests (``health/requests.jsonl``), or None without them.
+    A file that is listed but unreadable or malformed gives PackageError naming the line."""
+    if REQUESTS not in package.checksums:
+        return None
+    from .manifest import read_small_file
+
+    data = read_small_file(package.path / REQUESTS, MAX_REQUESTS_BYTES,
+                           f"{REQUESTS}: listed in {CHECKSUMS} but missing",
+                           f"{REQUESTS}: larger than {MAX_REQUESTS_BYTES} bytes")
+    out = []
+    for i, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise PackageError(f"{REQUESTS}:{i}: not JSON ({str(exc)[:120]})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("ads"), list) or not isinstance(
+                doc.get("context") or {}, dict):
+            raise PackageError(f"{REQUESTS}:{i}: expected a score body with an \"ads\" list")
+        out.append(doc)
+    return out
 
 
 def check_baseline(doc: Any, widths: Sequence[int]) -> dict:

@@ -52,7 +52,7 @@ def _baseline(args) -> dict:
     base = compute_baseline(pkg, requests, window=args.window or WINDOW,
                             resamples=RESAMPLES if args.resamples is None else args.resamples,
                             seed=args.seed)
-    pkg = write_baseline(args.dir, base)
+    pkg = write_baseline(args.dir, base, requests=requests)
     return {"wrote": str(pkg.path / "health" / "baseline.json"), "md5": pkg.md5,
             "seconds": round(time.perf_counter() - t0, 1), "rows": base["rows"],
             "layers": [{k: v for k, v in layer.items() if k != "neurons"} for layer in base["layers"]],

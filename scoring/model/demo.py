@@ -69,5 +69,5 @@ def write_demo(out: str | os.PathLike, *, seed: int = 0, version: str | None = N
         pkg = load_package(path)
         reqs = [{"context": c, "ads": a}
                 for c, a in generated_requests(pkg, baseline_requests, 100, seed)]
-        write_baseline(path, compute_baseline(pkg, reqs, seed=seed))
+        write_baseline(path, compute_baseline(pkg, reqs, seed=seed), requests=reqs)
     return path

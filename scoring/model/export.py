@@ -45,7 +45,8 @@ def export_numpy(out: str | os.PathLike, *, name: str, version: str, groups: Seq
     if baseline_requests is not None:
         from .baseline import compute_baseline, write_baseline
         from .package import load_package
-        write_baseline(path, compute_baseline(load_package(path), baseline_requests))
+        write_baseline(path, compute_baseline(load_package(path), baseline_requests),
+                       requests=baseline_requests)
     return path
 
 

@@ -29,6 +29,7 @@ from .metrics import Metrics
 from .openapi import ADMIN_DOC, JSON, error_doc, install_openapi
 from .schemas import error_json, openapi_components
 from .settings import Settings
+from .ui import install_ui
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,13 @@ def error_response(message: str, status_code: int, headers: dict[str, str] | Non
 
 
 def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | None = None,
-               services: Sequence[Service] = (), default_route: DefaultRoute | None = None) -> FastAPI:
+               services: Sequence[Service] = (), default_route: DefaultRoute | None = None,
+               monitor: Any = None) -> FastAPI:
     """The service's ASGI app. ``registry`` is started and stopped with it, then ``services``."""
     metrics = metrics or registry.metrics or Metrics()
     if registry.metrics is None:
         registry.metrics = metrics
-    plane = DataPlane(settings, registry, metrics, default_route)
+    plane = DataPlane(settings, registry, metrics, default_route, monitor=monitor)
     admin = AdminAuth(settings.admin_token.get_secret_value() if settings.admin_token else None)
     max_body = settings.max_body_bytes
 
@@ -121,6 +123,26 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
                                                     "process serves)")) -> Response:
         admin(request)
         return json_response(plane.rollback(name, to=to, expected=expected))
+
+    @app.post("/v1/models/{name}/promote", summary="Admin: serve a version now (a held one with force=true)",
+              description="Judges the version with the guarded swap again and serves it when it "
+                          "passes; `force=true` serves it without judging (a version the guarded "
+                          "swap held back). Every worker follows.", **ADMIN_DOC)
+    def promote_model(name: str, request: Request,
+                      version: str = Query(..., description="the version to serve"),
+                      force: bool = Query(False, description="serve it even if the guarded swap "
+                                          "holds it back")) -> Response:
+        admin(request)
+        return json_response(plane.promote(name, version, force))
+
+    @app.get("/v1/models/{name}/health", summary="Model health: hidden-layer statistics of live "
+             "traffic per window, against the package's baseline (docs/insight.md)",
+             responses={404: error_doc("Unknown model"), 422: error_doc("Not a native model")})
+    def model_health(name: str, version: str | None = Query(
+            None, description="a version (default: the live one)")) -> Response:
+        return json_response(plane.health(name, version))
+
+    install_ui(app, plane)
 
     # -- operations ----------------------------------------------------------------------------
 

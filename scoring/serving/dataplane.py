@@ -16,7 +16,7 @@ from typing import Any, Callable
 import orjson
 
 from ..errors import InvalidRequest, PayloadTooLarge, ScoringError
-from ..lifecycle.loader import LiveModel
+from ..lifecycle.loader import NATIVE, LiveModel
 from ..lifecycle.registry import Registry, SyncResult
 from ..model.manifest import PackageError, check_name
 from .metrics import Metrics
@@ -35,7 +35,7 @@ class DataPlane:
     """Scoring and model operations, shared by every endpoint of one app."""
 
     def __init__(self, settings: Settings, registry: Registry, metrics: Metrics,
-                 default_route: DefaultRoute | None = None) -> None:
+                 default_route: DefaultRoute | None = None, monitor: Any = None) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
@@ -44,6 +44,9 @@ class DataPlane:
         self.max_values = settings.max_values_per_group
         self.default_route: DefaultRoute = default_route or (lambda request: registry.default())
         self._plain_default = default_route is None  # no experiment: the model is known up front
+        self.health_monitor = monitor  # scoring.monitor.HealthMonitor (windows, health answers)
+        # the score path's sampler: None when sampling is off (no call per request then)
+        self.monitor = monitor if monitor is not None and monitor.stride else None
 
     async def score(self, body: bytes, name: str | None = None) -> bytes:
         """Score one request body for model ``name`` (None: the default route); JSON bytes."""
@@ -56,8 +59,11 @@ class DataPlane:
                 model = self.registry.get(name)
             elif self._plain_default:
                 model = self._default_or_none()
+            monitor = self.monitor
+            sampled = monitor is not None and monitor.due()  # one request in 1/rate
             scan = getattr(model.scorer, "score_json", None) if model is not None else None
-            fast = scan(body, self.max_ads, self.max_values) if scan is not None else None
+            keep = monitor.keeper(model) if sampled and scan is not None else None
+            fast = scan(body, self.max_ads, self.max_values, keep) if scan is not None else None
             if fast is not None:  # the compiled scanner took the body (see scoring/jsonscan.py)
                 scores, request_id = fast
                 out = _DUMPS({"model": model.name, "version": model.version, "scores": scores,
@@ -75,7 +81,10 @@ class DataPlane:
             scorer = model.scorer
             score_async = getattr(scorer, "score_async", None)
             if score_async is None:
-                scores = scorer.score(request.context, ads)
+                if sampled and getattr(scorer, "score_json", None) is not None:  # our engine
+                    scores = scorer.score(request.context, ads, monitor.keeper(model))
+                else:
+                    scores = scorer.score(request.context, ads)
                 doc = {"model": model.name, "version": model.version, "scores": scores,
                        "request_id": request.request_id}
             else:  # TF Serving models and experiment arms: a Scored that says who scored
@@ -123,6 +132,40 @@ class DataPlane:
                 except PackageError as exc:
                     raise InvalidRequest(str(exc)) from None
         return self._after(self.registry.rollback(name, to=to, expected=expected))
+
+    def promote(self, name: str, version: str, force: bool) -> dict[str, Any]:
+        try:
+            check_name(version, "version")
+        except PackageError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return self._after(self.registry.promote(name, version, force=force))
+
+    def health(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """``GET /v1/models/{name}/health``: the version's windows (default: the live one) and
+        the last guarded-swap decisions."""
+        described = self.registry.describe(name)  # 404 for an unknown model
+        if described.get("kind", NATIVE) != NATIVE:
+            raise InvalidRequest(f"model {name!r} is served by {described.get('kind')}; model "
+                                 "health watches native models")
+        if version is not None:
+            try:
+                check_name(version, "version")
+            except PackageError as exc:
+                raise InvalidRequest(str(exc)) from None
+        live = self.registry.live(name)
+        version = version or (live.version if live else None)
+        baseline = None
+        if live is not None and live.version == version:
+            baseline = getattr(getattr(live.scorer, "package", None), "baseline", None)
+        monitor = self.health_monitor
+        if monitor is None or version is None:
+            out = {"model": name, "version": version, "baseline": None, "windows": []}
+        else:
+            out = monitor.health(name, version, baseline)
+        gate = self.registry.gate
+        out["gate"] = gate.decisions(name) if gate is not None else []
+        out["held"] = described.get("held", {})
+        return out
 
     def _after(self, result: SyncResult) -> dict[str, Any]:
         out = result.describe()

@@ -7,7 +7,7 @@ command-line entry point, or in tests after ``monkeypatch.setenv``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +70,27 @@ class Settings(BaseSettings):
 
     access_log: bool = False
     """Log every HTTP request (off by default: the score path is hot)."""
+
+    health_sample_rate: float = Field(0.01, ge=0.0, le=1.0)
+    """Share of score requests whose hidden layers the health monitor watches (0: off)."""
+
+    health_window: int = Field(20_000, ge=100)
+    """Rows (request x ad) per health window; statistics and alarms are per window."""
+
+    health_queue: int = Field(256, ge=1)
+    """Sampled requests waiting for the monitor at most; more are dropped (and counted)."""
+
+    health_dir: Path | None = None
+    """Where the workers merge their health windows; default ``<metrics_dir>/health`` with
+    several workers, in memory with one."""
+
+    alarm_webhook: str | None = None
+    """URL that receives a JSON POST on a health alarm or a held version (default: the model
+    syncer's ``CTR_SYNC_ALARM_WEBHOOK``)."""
+
+    gate: dict[str, Any] | None = None
+    """Guarded-swap limits (JSON), e.g. ``{"logit_shift": 0.3, "models": {"ctr": {"ks": 0.2}}}``;
+    ``{"enabled": false}`` turns it off (docs/insight.md)."""
 
     metrics_dir: Path | None = None
     """Directory for Prometheus multi-process files; set by ``ctr-serve`` when workers > 1."""

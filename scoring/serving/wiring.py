@@ -33,12 +33,41 @@ def build_app(settings: Settings):
     registry = Registry(ModelRepo(settings.model_repo), models=models, default_model=default,
                         keep=settings.keep_versions, poll_interval=settings.poll_interval,
                         metrics=metrics)
+    monitor = health_monitor(settings, registry, metrics)
     sync = in_process_sync(settings, registry, metrics)
     if config is None:
-        return create_app(settings, registry, metrics=metrics, services=sync)
+        return create_app(settings, registry, metrics=metrics, services=[monitor, *sync],
+                          monitor=monitor)
     setup = setup_models(config, registry, metrics.registry, LATENCY_BUCKETS)  # TF Serving models, experiments
-    return create_app(settings, registry, metrics=metrics, services=[*sync, *setup.services],
-                      default_route=setup.default_route)
+    return create_app(settings, registry, metrics=metrics, services=[monitor, *sync, *setup.services],
+                      default_route=setup.default_route, monitor=monitor)
+
+
+def health_monitor(settings: Settings, registry: Registry, metrics: Metrics):
+    """Model health (:mod:`scoring.monitor`): the sampler and its windows, and the guarded swap
+    the registry asks before a version goes live."""
+    from ..monitor import GateConfig, HealthMonitor, Webhook, WindowStore
+    from ..monitor.gate import SwapGate
+    from ..monitor.metrics import HealthMetrics
+
+    directory = settings.health_dir or (settings.metrics_dir / "health" if settings.metrics_dir else None)
+    webhook = Webhook(settings.alarm_webhook or os.environ.get("CTR_SYNC_ALARM_WEBHOOK") or None)
+    hm = HealthMetrics(metrics.registry)
+    monitor = HealthMonitor(WindowStore(settings.health_window, directory),
+                            rate=settings.health_sample_rate, queue=settings.health_queue,
+                            webhook=webhook, metrics=hm)
+    raw = dict(settings.gate or {})
+    per_model_raw = raw.pop("models", None) or {}
+    if not isinstance(per_model_raw, dict):
+        raise ValueError("CTR_GATE.models: expected an object of model name -> limits")
+    default = GateConfig.from_mapping(raw)
+    per_model = {}
+    for name, cfg in per_model_raw.items():
+        if not isinstance(cfg, dict):
+            raise ValueError(f"CTR_GATE.models.{name}: expected an object of limits")
+        per_model[name] = GateConfig.from_mapping({**raw, **cfg}, f"CTR_GATE.models.{name}")
+    registry.gate = SwapGate(monitor, default, per_model, metrics=hm, webhook=webhook)
+    return monitor
 
 
 def in_process_sync(settings: Settings, registry, metrics) -> list:
