@@ -11,59 +11,35 @@ import pytest
 from scipy.stats import ks_2samp
 
 from scoring.engine import Engine
-from scoring.model.export import Group, export_numpy
 from scoring.model.package import load_package
 from scoring.model.quantize import generated_requests
 from scoring.model.reference import mlp_forward, mlp_input
 from scoring.monitor.gate import GateConfig, evaluate
 
-HIDDEN = (32, 16)
-
-
-def arrays(seed=0):
-    """A model that relies on user_id (large embeddings, heavier first-layer rows) more than on
-    ad_id, which has the same table shape: what a trained model looks like."""
-    rng = np.random.default_rng(seed)
-    spec = [("user_id", "context", 1000, 8, 2.0), ("city", "context", 50, 4, 0.5),
-            ("ad_id", "ad", 1000, 8, 0.2), ("category", "ad", 100, 4, 0.5)]
-    tables = {n: (rng.standard_normal((b, d)) * s).astype(np.float32) for n, _, b, d, s in spec}
-    sides = {n: side for n, side, *_ in spec}
-    sizes = [24, *HIDDEN, 1]
-    weights = [(rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32)
-               for a, b in zip(sizes[:-1], sizes[1:])]
-    weights[0][:8] *= 2.0  # the user_id rows
-    biases = [np.full(b, 0.05, np.float32) for b in sizes[1:-1]] + [np.array([-3.0], np.float32)]
-    return tables, sides, weights, biases
-
-
-def write(out, version, tables, sides, weights, biases, reference):
-    groups = [Group(n, sides[n], t, "sum") for n, t in tables.items()]
-    return export_numpy(out, name="ctr", version=version, groups=groups, weights=weights,
-                        biases=biases, baseline_requests=reference)
+from ...health_models import (
+    huge_weights,
+    shift_last_bias,
+    shuffle_names,
+    write,
+    zero_layer,
+)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("gate")
-    tables, sides, weights, biases = arrays()
-    probe = write(root / "probe", "p", tables, sides, weights, biases, None)
-    pkg = load_package(probe)
+    pkg = load_package(write(root / "probe", "p"))
     reference = [{"context": c, "ads": a} for c, a in generated_requests(pkg, 40, 50, seed=1)]
     traffic = [(c, a) for c, a in generated_requests(pkg, 120, 50, seed=7)]
-    live_dir = write(root / "v1", "v1", tables, sides, weights, biases, reference)
+    live_dir = write(root / "v1", "v1", None, reference)
     live = Engine(load_package(live_dir))
     samples = [live.layout.encode(c, a) for c, a in traffic]
-    return dict(root=root, arrays=(tables, sides, weights, biases), reference=reference,
-                traffic=traffic, live=live, live_dir=live_dir, samples=samples)
+    return dict(root=root, reference=reference, traffic=traffic, live=live, live_dir=live_dir,
+                samples=samples)
 
 
 def variant(world, name, change, baseline=True):
-    tables, sides, weights, biases = (x.copy() for x in world["arrays"])
-    tables = {k: v.copy() for k, v in tables.items()}
-    weights = [w.copy() for w in weights]
-    biases = [b.copy() for b in biases]
-    change(tables, weights, biases)
-    return Engine(load_package(write(world["root"] / name, name, tables, sides, weights, biases,
+    return Engine(load_package(write(world["root"] / name, name, change,
                                      world["reference"] if baseline else None)))
 
 
@@ -88,9 +64,7 @@ def test_an_identical_copy_passes(world):
 
 
 def test_a_shifted_last_bias_is_held_and_its_statistics_are_exact(world):
-    def shift(t, w, b):
-        b[-1] += 2.0
-    cand = variant(world, "bias", shift)
+    cand = variant(world, "bias", shift_last_bias)
     d = judge(world, cand)
     assert not d.passed and any("log-odds shift +2" in r for r in d.reasons), d.reasons
     # independent: float64 reference on the same rows, scipy's KS
@@ -106,10 +80,7 @@ def test_a_shifted_last_bias_is_held_and_its_statistics_are_exact(world):
 
 
 def test_huge_weights_that_overflow_at_run_time_are_held(world):
-    def huge(t, w, b):
-        w[0] *= np.float32(1e30)
-        w[1] *= np.float32(1e30)
-    cand = variant(world, "huge", huge, baseline=False)  # finite on disk: the loader takes it
+    cand = variant(world, "huge", huge_weights, baseline=False)  # finite on disk: the loader takes it
     assert all(np.isfinite(np.asarray(x)).all() for x in cand.package.weights)
     d = judge(world, cand)
     assert not d.passed and any("not a finite number" in r for r in d.reasons), d.reasons
@@ -119,10 +90,7 @@ def test_huge_weights_that_overflow_at_run_time_are_held(world):
 
 
 def test_a_zeroed_layer_is_held(world):
-    def zero(t, w, b):
-        w[1][:] = 0
-        b[1][:] = 0
-    d = judge(world, variant(world, "zeroed", zero, baseline=False))
+    d = judge(world, variant(world, "zeroed", zero_layer, baseline=False))
     assert not d.passed
     assert any("layer 2: dead-neuron share 100.0%" in r for r in d.reasons), d.reasons
 
@@ -131,9 +99,7 @@ def test_a_version_trained_on_shuffled_feature_names_is_held(world):
     """Same shapes, user_id and ad_id swapped: each name's table holds the other's embeddings.
     Its own baseline (computed by the exporter on the same reference requests) is consistent
     with it; the comparison with the live version on live traffic is what catches it."""
-    def shuffle(t, w, b):
-        t["user_id"], t["ad_id"] = t["ad_id"].copy(), t["user_id"].copy()
-    d = judge(world, variant(world, "shuffled", shuffle))
+    d = judge(world, variant(world, "shuffled", shuffle_names))
     assert not d.passed, d.stats
     assert any("KS distance" in r or "log-odds shift" in r for r in d.reasons), d.reasons
 
@@ -147,7 +113,7 @@ def test_without_samples_the_reference_requests_fill_in(world):
 
 
 def test_a_package_without_baseline_or_requests_gets_generated_requests(world):
-    d = evaluate(variant(world, "plain", lambda t, w, b: None, baseline=False), world["live"], [],
+    d = evaluate(variant(world, "plain", None, baseline=False), world["live"], [],
                  GateConfig(), version="v3", live_version="v1")
     assert d.passed, d.reasons
     assert d.sources["generated"] > 0 and d.stats["rows"] >= GateConfig().min_rows
