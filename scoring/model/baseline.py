@@ -49,7 +49,7 @@ def compute_baseline(package: ModelPackage, requests: Iterable[Mapping[str, Any]
                      window: int = WINDOW, resamples: int = RESAMPLES, seed: int = 0) -> dict:
     """The baseline of ``package`` on ``requests`` (score bodies: ``context`` and ``ads``)."""
     m = package.manifest
-    rows, n_requests = [], 0
+    rows, request_of_row, n_requests = [], [], 0
     absent = {g.name: 0 for g in m.groups}
     for i, req in enumerate(requests):
         n_requests += 1
@@ -60,6 +60,7 @@ def compute_baseline(package: ModelPackage, requests: Iterable[Mapping[str, Any]
                 if not np.isfinite(row).all():
                     raise ValueError("a dense value is not a finite number")
                 rows.append(row)
+                request_of_row.append(n_requests - 1)
                 feats = ad.get("features") or {}
                 for g in m.groups:
                     absent[g.name] += _absent((ctx if g.side == "context" else feats).get(g.name))
@@ -71,12 +72,13 @@ def compute_baseline(package: ModelPackage, requests: Iterable[Mapping[str, Any]
         raise PackageError("baseline: the reference requests hold no ads")
     hidden: list[np.ndarray] = []
     p = mlp_forward(package, np.stack(rows), hidden)
-    counts = _resample_counts(len(rows), window, resamples, seed)
+    counts = _resample_counts(np.unique(request_of_row, return_inverse=True)[1], window,
+                              resamples, seed)
     layers = []
     for li, h in enumerate(hidden):
         moments = LayerMoments(h.shape[1])
         moments.add(h)
-        boot = _resampled_fluctuation(h, counts, window) if resamples else np.zeros(1)
+        boot = _resampled_fluctuation(h, counts) if resamples else np.zeros(1)
         layers.append({
             "layer": li + 1, "width": int(h.shape[1]),
             "fluctuation": moments.fluctuation, "fluctuation_mad": mean_abs_fluctuation(h),
@@ -95,21 +97,29 @@ def compute_baseline(package: ModelPackage, requests: Iterable[Mapping[str, Any]
     }
 
 
-def _resample_counts(n_rows: int, window: int, resamples: int, seed: int) -> np.ndarray:
-    """How often each row appears in each of ``resamples`` windows of ``window`` rows drawn
-    with replacement: [resamples, n_rows]."""
+def _resample_counts(request_of_row: np.ndarray, window: int, resamples: int,
+                     seed: int) -> np.ndarray:
+    """How often each row appears in each of ``resamples`` windows of about ``window`` rows:
+    [resamples, n_rows]. Whole requests are drawn with replacement (as many as make ``window``
+    rows on average), not single rows: the ads of one request share its context, so rows are not
+    independent, and a window's statistics vary as its requests do."""
+    request_of_row = np.asarray(request_of_row)
+    n_requests = int(request_of_row.max()) + 1 if request_of_row.size else 1
+    k = max(1, round(window * n_requests / max(1, request_of_row.size)))
     rng = np.random.default_rng(seed)
-    return rng.multinomial(window, np.full(n_rows, 1.0 / n_rows), size=max(1, resamples)).astype(np.float64)
+    per_request = rng.multinomial(k, np.full(n_requests, 1.0 / n_requests), size=max(1, resamples))
+    return per_request[:, request_of_row].astype(np.float64)
 
 
-def _resampled_fluctuation(h: np.ndarray, counts: np.ndarray, window: int) -> np.ndarray:
+def _resampled_fluctuation(h: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """F_l of each resampled window, from weighted sums (two matrix products, not a copy of
     every window): population std per neuron = sqrt(E[h^2] - E[h]^2) over the window."""
     out = np.empty(counts.shape[0])
     for r0 in range(0, counts.shape[0], 32):
         c = counts[r0:r0 + 32]
-        mean = c @ h / window
-        var = np.maximum(c @ (h * h) / window - mean * mean, 0.0)
+        total = c.sum(axis=1, keepdims=True)
+        mean = c @ h / total
+        var = np.maximum(c @ (h * h) / total - mean * mean, 0.0)
         out[r0:r0 + 32] = np.sqrt(var).mean(axis=1)
     return out
 

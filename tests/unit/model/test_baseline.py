@@ -168,10 +168,13 @@ def test_resampled_windows_from_weighted_sums_equal_the_windows_themselves():
 
     rng = np.random.default_rng(4)
     h = np.maximum(rng.standard_normal((300, 9)) * 2, 0)
-    counts = _resample_counts(300, 120, 40, seed=3)
-    assert (counts.sum(axis=1) == 120).all()
+    request_of_row = np.repeat(np.arange(30), 10)  # 30 requests of 10 ads
+    counts = _resample_counts(request_of_row, 120, 40, seed=3)
+    assert (counts.sum(axis=1) == 120).all()  # 12 whole requests per window
+    for c in counts:  # every ad of a request drawn as often as the request
+        assert (c.reshape(30, 10) == c.reshape(30, 10)[:, :1]).all()
     direct = [np.repeat(h, c.astype(int), axis=0).std(axis=0).mean() for c in counts]
-    np.testing.assert_allclose(_resampled_fluctuation(h, counts, 120), direct, rtol=1e-9)
+    np.testing.assert_allclose(_resampled_fluctuation(h, counts), direct, rtol=1e-9)
 
 
 def test_the_exporter_writes_the_baseline_it_is_given(tmp_path, model):
