@@ -52,7 +52,7 @@ class GateConfig:
     dead_share: float = 0.05
     sample_requests: int = 2000
     min_rows: int = 5000
-    max_rows: int = 200_000
+    max_rows: int = 50_000  # newest first: about a second per swap on the demo model
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], where: str = "CTR_GATE") -> "GateConfig":
