@@ -88,7 +88,11 @@ class DataPlane:
                 doc = {"model": model.name, "version": model.version, "scores": scores,
                        "request_id": request.request_id}
             else:  # TF Serving models and experiment arms: a Scored that says who scored
-                scored = await score_async(request.context, ads)
+                arm_model = getattr(scorer, "live", None) if sampled else None  # an experiment arm
+                if arm_model is not None and getattr(arm_model.scorer, "score_json", None) is not None:
+                    scored = await score_async(request.context, ads, monitor.keeper(arm_model))
+                else:
+                    scored = await score_async(request.context, ads)
                 doc = {"model": scored.model, "version": scored.version, "scores": scored.scores,
                        "request_id": request.request_id}
                 if scored.extra:

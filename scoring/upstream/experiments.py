@@ -38,13 +38,18 @@ class ArmScorer:
     def score(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> Any:
         return self.live.scorer.score(context, ads)
 
-    async def score_async(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> Scored:
+    async def score_async(self, context: Mapping[str, Any] | None, ads: Sequence[Any],
+                          keep: Any = None) -> Scored:
+        """``keep``: the health monitor's sample hook, for an arm our engine scores (its
+        statistics are then those of the arm's model version)."""
         t0 = time.perf_counter()
         live, c = self.live, self.c
         try:
             inner = getattr(live.scorer, "score_async", None)
             if inner is not None:
                 result = await inner(context, ads)
+            elif keep is not None and getattr(live.scorer, "score_json", None) is not None:
+                result = Scored(live.scorer.score(context, ads, keep), live.name, live.version)
             else:
                 result = Scored(live.scorer.score(context, ads), live.name, live.version)
         except ScoringError as exc:

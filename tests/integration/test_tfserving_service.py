@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import numpy as np
@@ -47,7 +48,8 @@ def stack(tmp_path_factory):
     fake = FakeTFServing("ctr_tf", {1: package}).start()
     config = models_config(fake.url, f"http://127.0.0.1:{free_port()}")
     (root / "models.yaml").write_text(yaml.safe_dump(config))
-    server = Server(repo, root / "server.log", args=["--models-config", str(root / "models.yaml")])
+    server = Server(repo, root / "server.log", args=["--models-config", str(root / "models.yaml")],
+                    env={"CTR_HEALTH_SAMPLE_RATE": "1"})
     try:
         yield server.wait(), fake, package, config
     finally:
@@ -131,6 +133,16 @@ def test_default_endpoint_follows_the_experiment_split(stack):
     assert 'ctr_arm_pctr_sum_total{arm="deep-20"}' in metrics
     assert f'ctr_upstream_requests_total{{model="deep",outcome="ok",upstream="{fake.url}"}}' in metrics
     assert f'ctr_upstream_breaker_state{{model="deep",upstream="{fake.url}"}} 0.0' in metrics
+    # model health follows the native arm's model (every request sampled here)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the monitor hands its rows over every second
+        health = server.client.get("/v1/models/ctr/health").json()
+        if health["windows"]:
+            break
+        time.sleep(0.05)
+    assert health["sampling"]["sampled"] >= arms["default"] and health["windows"][-1]["rows"] > 0
+    r = server.client.get("/v1/models/deep/health")
+    assert r.status_code == 422 and "native models" in r.json()["error"]
 
 
 def test_slow_upstream_falls_back_to_the_native_model(stack):
