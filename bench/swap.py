@@ -5,7 +5,8 @@
 The server runs on one core (``taskset -c 0``), this script and its open-loop generator on the
 other. wrk measures the maximum throughput first (100-ad demo requests); then, for each trigger
 and each load (a share of that maximum), a fixed-rate open-loop load runs while new versions of
-the demo model (226 MB of tables each, other seeds) go live one after another:
+the demo model (226 MB of tables each: retrains of it, which the guarded swap, on as in
+production, judges and lets through) go live one after another:
 
 * ``poll``: each version is installed the way the syncer installs it (one rename into the
   repository) and the server picks it up at its next poll (``--poll-interval 0.5``);
@@ -58,12 +59,38 @@ TARGETS = {0.2: 1.2, 0.5: 1.5}  # p99 around swaps / steady p99, per load
 
 
 def cached_version(seed: int) -> Path:
-    """A demo package of this seed, written once into bench/results/ and copied from there."""
-    path = RESULTS / "swap-cache" / f"seed{seed}"
+    """A retrain of the demo model (seed 0, every weight and embedding moved by 2% noise drawn
+    from ``seed``: what a daily retrain looks like, so the guarded swap lets it through), with its
+    own health baseline; written once into bench/results/ and copied from there."""
+    path = RESULTS / "swap-cache" / f"retrain{seed}"
     if not (path / "checksums.md5").is_file():
         shutil.rmtree(path, ignore_errors=True)
-        write_demo(path, seed=seed, version=f"seed{seed}")
+        write_retrain(path, seed)
     return path
+
+
+def write_retrain(path: Path, seed: int, noise: float = 0.02) -> Path:
+    from scoring.model.export import Group, export_numpy
+    from scoring.model.package import load_package
+    from scoring.model.quantize import generated_requests
+
+    base = RESULTS / "swap-cache" / "demo-seed0"
+    if not (base / "checksums.md5").is_file():
+        shutil.rmtree(base, ignore_errors=True)
+        write_demo(base, seed=0, version="seed0", baseline_requests=0)
+    pkg = load_package(base)
+    rng = np.random.default_rng(seed)
+
+    def moved(a):
+        a = np.asarray(a, dtype=np.float32)
+        return (a * (1 + noise * rng.standard_normal(a.shape, dtype=np.float32))).astype(np.float32)
+
+    groups = [Group(g.name, g.side, moved(t), g.pooling) for g, t in zip(pkg.manifest.groups, pkg.tables)]
+    reqs = [{"context": c, "ads": a} for c, a in generated_requests(pkg, 20, 100, seed)]
+    return export_numpy(path, name="demo", version=f"retrain{seed}", groups=groups,
+                        weights=[moved(w) for w in pkg.weights], biases=[moved(b) for b in pkg.biases],
+                        extra={"description": f"demo seed 0 retrained ({noise:.0%} noise, seed {seed})"},
+                        baseline_requests=reqs)
 
 
 def stage(repo: ModelRepo, seed: int, version: str) -> Path:
@@ -149,13 +176,18 @@ def phase(url: str, port: int, repo: ModelRepo, reqs: list[bytes], rate: float, 
                 answer = client.post("/v1/models/demo/reload", headers=headers).json()
                 if answer.get("version") != version:
                     raise SystemExit(f"reload did not bring {version}: {answer}")
-            while client.get("/v1/models/demo").json().get("version") != version:
+            while (model := client.get("/v1/models/demo").json()).get("version") != version:
                 time.sleep(0.1)
+                if version in (model.get("held") or {}):
+                    raise SystemExit(f"the guarded swap held {version}: {model['held'][version]}")
                 if time.perf_counter() - t_install > 120:
                     raise SystemExit(f"{version} never went live; see {RESULTS}/swap-server-*.log")
             t_live = time.perf_counter()
+            gate = model.get("gate") or {}
             swaps.append({"version": version, "install_s": t_install - t0, "live_s": t_live - t0,
-                          "seconds_to_live": round(t_live - t_install, 2)})
+                          "seconds_to_live": round(t_live - t_install, 2),
+                          "gate_seconds": round(gate.get("seconds", 0.0), 3),
+                          "gate_rows": (gate.get("stats") or {}).get("rows")})
             time.sleep(max(0.0, t_install + gap_s - time.perf_counter()))
     load.join()
     sampler.halt.set()
@@ -343,7 +375,8 @@ def report(r: dict) -> str:
     for p in r["phases"]:
         target = TARGETS.get(p["load"])
         verdict = "" if target is None else f"<= {target}x: {'met' if p['ratio'] <= target else 'MISSED'}"
-        lives = ", ".join(str(s["seconds_to_live"]) for s in p["swaps"])
+        lives = ", ".join(f"{s['seconds_to_live']} (gate {s.get('gate_seconds', 0):.2f})"
+                          for s in p["swaps"])
         lines.append(f"| {p['trigger']} | {p['load']:.0%} | {p['rate']} | {p['requests']} | "
                      f"{p['non_200']} | {lives} | {p['steady']['p99']:.2f} ms | "
                      f"{p['around_swaps']['p99']:.2f} ms | {p['ratio']}x | {verdict} | "

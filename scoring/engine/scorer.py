@@ -215,6 +215,7 @@ class Engine:
         self._pool: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
         self._scan_pool: queue.SimpleQueue[_ScanBuffers] = queue.SimpleQueue()
         self.warm_seconds = 0.0
+        self.warm_nonfinite = False  # the net overflowed on a warm-up request
         if warm:
             self.warm_up()
 
@@ -248,7 +249,12 @@ class Engine:
         """pCTR (float32) of every ad; raises ``InvalidRequest`` naming a bad field. ``keep``
         gets the encoded request once it scored (the health monitor's sample)."""
         batch = self.layout.encode(context, ads)
-        out = self.score_encoded(batch)
+        try:
+            out = self.score_encoded(batch)
+        except NonFiniteOutput:
+            if keep is not None:  # the monitor counts such rows (its "nonfinite" statistic)
+                keep(self, batch, False)
+            raise
         if keep is not None:
             keep(self, batch, False)
         return out
@@ -292,9 +298,11 @@ class Engine:
             if scanned is None:
                 return None
             batch, rid_kind, rid_s, rid_e = scanned
-            scores = self.score_encoded(batch)
-            if keep is not None:
-                keep(self, batch, True)
+            try:
+                scores = self.score_encoded(batch)
+            finally:  # a request the net overflows on is sampled too (then re-raised)
+                if keep is not None:
+                    keep(self, batch, True)
         finally:
             self._scan_pool.put(sb)
         rid = orjson.loads(body[rid_s:rid_e]) if rid_kind != jsonscan.RID_NONE else None
@@ -380,12 +388,13 @@ class Engine:
             try:  # a net that overflows still gets warm: the guarded swap judges its outputs
                 self.score(ctx, ads)
             except NonFiniteOutput:
-                pass
+                self.warm_nonfinite = True
             if not self.manifest.dense_dim:  # the compiled body scanner the service tries first
                 body = orjson.dumps({"request_id": "warm-up", "context": ctx, "ads": ads})
                 try:
                     scanned = self.score_json(body, max_ads=n, max_values=2)
                 except NonFiniteOutput:
+                    self.warm_nonfinite = True
                     scanned = ()
                 if scanned is None:
                     raise RuntimeError("warm-up: the body scanner refused a well-formed body")

@@ -396,6 +396,14 @@ class Registry:
         if model is None:
             return SyncResult(name, live_before, failed=(version, failure))
         decision = self._judge(name, version, model, current)
+        overflow = self._overflowed(model) if decision is None else None
+        if overflow is not None and self.repo.state(name).live != version:
+            self._retired.append((time.monotonic(), model))
+            log.error("model %r: version %r failed to load, keeping %r: %s", name, version,
+                      live_before, overflow)
+            self._last_failure[name] = (version, overflow)
+            self.repo.reject(name, version, overflow, fingerprint, content=True)
+            return SyncResult(name, live_before, failed=(version, overflow))
         if decision is not None and not decision.passed:
             if self.repo.hold(name, version, decision.reason, fingerprint):
                 self._retired.append((time.monotonic(), model))  # released here, off the request path
@@ -419,7 +427,7 @@ class Registry:
         if self.gate is None:
             return None
         state = self.repo.state(name)
-        if state.live == version or version in state.forced:
+        if state.live == version or self.repo.is_forced(name, version, state):
             return None
         try:
             return self.gate.judge(model, current)
@@ -427,6 +435,15 @@ class Registry:
             log.exception("model %r: the guarded swap failed on version %r; letting it through",
                           name, version)
             return None
+
+    @staticmethod
+    def _overflowed(model: LiveModel) -> str | None:
+        """Why a version the guarded swap did not judge must not serve: its net overflowed on
+        the warm-up requests (the check the load itself made before there was a gate)."""
+        if getattr(model.scorer, "warm_nonfinite", False):
+            return ("its output is not a number on the warm-up requests (an overflow inside the "
+                    "net: weights far too large?)")
+        return None
 
     def _promote(self, name: str, version: str, force: bool) -> SyncResult:
         with self._lock(name):
@@ -436,39 +453,47 @@ class Registry:
                 raise ScoringError(f"model {name!r}: version {version!r} is not in the repository; "
                                    f"versions: {versions}", 409)
             current = self._live.get(name)
-            if current is not None and current.version == version:
-                self.repo.release(name, version, forced=force)
+            if state.live == version and current is not None and current.version == version:
                 return SyncResult(name, version, reason=f"version {version!r} is already live")
             if self.repo.is_rejected(name, version, state):
                 raise ScoringError(f"model {name!r}: version {version!r} was rejected: "
                                    f"{state.rejected[version].reason} (POST .../reload tries it "
                                    "again)", 409)
             decided_at = time.time()
-            model, failure = self._load(name, version, self.repo.fingerprint(name, version),
-                                        reject=False)
-            if model is None:
-                raise ScoringError(f"model {name!r}: version {version!r} failed to load: {failure}", 409)
+            fingerprint = self.repo.fingerprint(name, version)
+            if current is not None and current.version == version:
+                model = current  # served here already; the repository is what lags
+            else:
+                model, failure = self._load(name, version, fingerprint, reject=False)
+                if model is None:
+                    raise ScoringError(f"model {name!r}: version {version!r} failed to load: {failure}", 409)
             decision = None
             if force:
-                self.repo.release(name, version, forced=True)
                 if self.gate is not None:
                     decision = self.gate.forced(name, version, current)
             else:
                 decision = self._judge(name, version, model, current)
-                if decision is not None and not decision.passed:
-                    self.repo.hold(name, version, decision.reason, self.repo.fingerprint(name, version))
-                    self._retired.append((time.monotonic(), model))
-                    self.gate.held(name, version, decision)
-                    raise ScoringError(f"model {name!r}: version {version!r} is held by the guarded "
-                                       f"swap: {decision.reason}; add force=true to promote it "
-                                       "anyway", 409)
-                self.repo.release(name, version, forced=False)
-            live = self.repo.promote(name, version, decided_at)
+                problem = decision.reason if decision is not None and not decision.passed else (
+                    self._overflowed(model) if decision is None else None)
+                if problem is not None:
+                    if model is not current:
+                        self._retired.append((time.monotonic(), model))
+                    if decision is not None:
+                        self.repo.hold(name, version, decision.reason, fingerprint)
+                        self.gate.held(name, version, decision)
+                    raise ScoringError(f"model {name!r}: version {version!r} is held back: {problem}; "
+                                       "add force=true to promote it anyway", 409)
+            live = self.repo.promote(name, version, decided_at, force=force)
             if live != version:
-                raise ScoringError(f"model {name!r}: {live!r} was decided while {version!r} "
-                                   "loaded; try again", 409)
-            self._swap_in(model, current)
-            return SyncResult(name, version, changed=True,
+                if model is not current:
+                    self._retired.append((time.monotonic(), model))
+                raise ScoringError(f"model {name!r}: {live!r} stays live: version {version!r} was "
+                                   "held or overtaken meanwhile in another process; try again", 409)
+            if model is not current:
+                self._swap_in(model, current)
+            self._failed.pop(name, None)
+            self._last_failure.pop(name, None)
+            return SyncResult(name, version, changed=current is None or current.version != version,
                               gate=decision.describe() if decision is not None else None)
 
     def _swap_in(self, model: LiveModel, current: LiveModel | None) -> None:

@@ -152,7 +152,7 @@ class ModelRepo:
         (and not rejected as its files are), else the live one, else the newest."""
         state = self.observe(name)
         versions = [v for v in self.versions(name, state) if not self.is_rejected(name, v, state)
-                    and not self.is_held(name, v, state)]
+                    and (v == state.live or not self.is_held(name, v, state))]
         if not versions:
             return None
         fresh = [v for v in versions if state.installed.get(v, time.time()) > state.live_since]
@@ -173,7 +173,7 @@ class ModelRepo:
     def state(self, name: str) -> ModelState:
         return self.state_file(name).read()
 
-    def promote(self, name: str, version: str, decided_at: float) -> str | None:
+    def promote(self, name: str, version: str, decided_at: float, *, force: bool = False) -> str | None:
         """Record ``version`` as live, as decided at ``decided_at`` (when the caller read
         :meth:`wanted`, before it spent seconds loading), and return the version live afterwards.
 
@@ -181,12 +181,26 @@ class ModelRepo:
         others find it already live and change nothing. A decision older than the recorded one
         (e.g. a rollback made while the caller was loading) loses: the recorded version is
         returned and the caller should not serve ``version``. Because ``live_since`` is the
-        decision time, a version first seen while the caller was loading stays fresh."""
+        decision time, a version first seen while the caller was loading stays fresh.
+
+        A version the guarded swap of any process holds is not recorded (that decision stands),
+        unless ``force``: an admin's promote, which clears the hold and wins over everything."""
         sf = self.state_file(name)
         with sf.locked():
             state = sf.read()
+            if force:  # an admin's promote past the guarded swap, recorded with the files' identity
+                state.held.pop(version, None)
+                state.forced[version] = self.fingerprint(name, version)
+                while len(state.forced) > HISTORY_MAX:
+                    state.forced.pop(next(iter(state.forced)))
+                state.make_live(version, decided_at)
+                sf.write(state)
+                return version
+            if self.is_held(name, version, state) and not self.is_forced(name, version, state):
+                return state.live  # another process's guarded swap held it first: that stands
             if state.live == version or (state.live and decided_at < state.live_since):
                 return state.live
+            state.held.pop(version, None)
             state.make_live(version, decided_at)
             sf.write(state)
         return version
@@ -243,6 +257,7 @@ class ModelRepo:
                 target = to
             origin = state.live
             now = time.time()
+            state.held.pop(target, None)  # the operator chose it: every process serves it
             state.history = [v for v in state.history if v != target]
             if origin:
                 state.rejected.pop(origin, None)
@@ -317,21 +332,17 @@ class ModelRepo:
         sf = self.state_file(name)
         with sf.locked():
             state = sf.read()
-            if state.live == version or version in state.forced:
+            if state.live == version or self.is_forced(name, version, state):
                 return False
             state.held[version] = Rejection(reason[:1000], fingerprint, time.time())
             sf.write(state)
         return True
 
-    def release(self, name: str, version: str, forced: bool) -> None:
-        """Forget a hold; ``forced``: an admin promotes it past the guarded swap."""
-        sf = self.state_file(name)
-        with sf.locked():
-            state = sf.read()
-            state.held.pop(version, None)
-            if forced:
-                state.forced = [v for v in state.forced if v != version][-(HISTORY_MAX - 1):] + [version]
-            sf.write(state)
+    def is_forced(self, name: str, version: str, state: ModelState | None = None) -> bool:
+        """Promoted past the guarded swap by an admin, and its files are still what they were."""
+        state = state or self.state(name)
+        fp = state.forced.get(version)
+        return fp is not None and fp == self.fingerprint(name, version)
 
     def is_held(self, name: str, version: str, state: ModelState | None = None) -> bool:
         """Held by the guarded swap, and its files are still what they were then."""

@@ -85,7 +85,8 @@ class ModelState:
     last_rollback: dict[str, Any] | None = None
     refused: dict[str, dict[str, Any]] = field(default_factory=dict)
     held: dict[str, Rejection] = field(default_factory=dict)  # by the guarded swap
-    forced: list[str] = field(default_factory=list)  # promoted past the guarded swap by an admin
+    # promoted past the guarded swap by an admin: version -> fingerprint of its files then
+    forced: dict[str, str] = field(default_factory=dict)
     format: int = FORMAT
 
     @classmethod
@@ -100,7 +101,7 @@ class ModelState:
                    refused={str(k): dict(v) for k, v in dict(raw.get("refused", {})).items()
                             if isinstance(v, dict)},
                    held={str(k): Rejection.from_json(v) for k, v in dict(raw.get("held", {})).items()},
-                   forced=[str(v) for v in raw.get("forced", []) if isinstance(v, str)][-HISTORY_MAX:])
+                   forced={str(k): str(v) for k, v in dict(raw.get("forced") or {}).items()})
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "live": self.live, "live_since": self.live_since,
@@ -332,7 +333,7 @@ def _overlay(disk: ModelState, mine: ModelState) -> ModelState:
                      rejected={**disk.rejected, **mine.rejected},
                      refused={**disk.refused, **mine.refused},
                      held={**disk.held, **mine.held},
-                     forced=list(dict.fromkeys(disk.forced + mine.forced)))
+                     forced={**disk.forced, **mine.forced})
     newer = mine if mine.live_since >= disk.live_since else disk
     out.live, out.live_since = newer.live, newer.live_since
     out.history = list(newer.history)

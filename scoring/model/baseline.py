@@ -222,12 +222,28 @@ def check_baseline(doc: Any, widths: Sequence[int]) -> dict:
                     for v in values):
                 raise bad(f"layers[{i}].neurons.{key} must be {width} finite numbers")
         band = layer.get("band")
-        if not (isinstance(band, list) and len(band) == 2 and all(isinstance(v, (int, float)) for v in band)
+        if not (isinstance(band, list) and len(band) == 2 and all(_number(v) for v in band)
                 and band[0] <= band[1]):
             raise bad(f"layers[{i}].band must be [low, high]")
-    hist = (doc.get("pctr") or {}).get("histogram") if isinstance(doc.get("pctr"), dict) else None
-    if not isinstance(hist, list) or len(hist) != LOGIT_BINS:
-        raise bad(f"pctr.histogram must hold {LOGIT_BINS} counts")
-    if not isinstance(doc.get("groups"), dict):
-        raise bad("groups must map each group to its absent share")
+        for key in ("fluctuation", "zero_share"):
+            if not _number(layer.get(key)) or layer[key] < 0:
+                raise bad(f"layers[{i}].{key} must be a finite number >= 0")
+    for key in ("rows", "window"):
+        if not (isinstance(doc.get(key), int) and not isinstance(doc.get(key), bool) and doc[key] > 0):
+            raise bad(f"{key} must be a positive integer")
+    pctr = doc.get("pctr")
+    hist = pctr.get("histogram") if isinstance(pctr, dict) else None
+    if not isinstance(hist, list) or len(hist) != LOGIT_BINS or not all(
+            _number(v) and v >= 0 for v in hist) or not sum(hist) > 0:
+        raise bad(f"pctr.histogram must hold {LOGIT_BINS} counts (not all zero)")
+    if pctr.get("expected_auc") is not None and not _number(pctr.get("expected_auc")):
+        raise bad("pctr.expected_auc must be a number or null")
+    groups = doc.get("groups")
+    if not isinstance(groups, dict) or not all(
+            isinstance(k, str) and (v is None or (_number(v) and 0 <= v <= 1)) for k, v in groups.items()):
+        raise bad("groups must map each group to its absent share (a number in [0, 1])")
     return doc
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))

@@ -135,39 +135,47 @@ def _outputs(engine: Any, batch: EncodedBatch) -> tuple[list[np.ndarray], np.nda
 
 
 def _reference_batches(candidate: Any, live: Any | None, config: GateConfig, need: int,
-                       notes: list[str]) -> tuple[list[tuple[EncodedBatch, EncodedBatch | None]], str]:
+                       notes: list[str]) -> list[tuple[EncodedBatch, EncodedBatch | None, str]]:
+    """Up to ``need`` rows of the package's reference requests, then of generated ones."""
     from ..model.baseline import reference_requests
     from ..model.quantize import generated_requests
 
     pkg = candidate.package
     try:
-        requests = reference_requests(pkg)
+        reference = reference_requests(pkg) or []
     except PackageError as exc:
         notes.append(f"reference requests unusable ({exc}); generated requests used instead")
-        requests = None
-    source = "reference"
-    if not requests:
-        source = "generated"
-        n = max(1, -(-need // GENERATED_ADS))
-        requests = [{"context": c, "ads": a}
-                    for c, a in generated_requests(pkg, min(n, config.sample_requests), GENERATED_ADS)]
-    out, rows = [], 0
-    for req in requests:
-        if rows >= need:
-            break
-        try:
-            cb = candidate.layout.encode(req.get("context") or {}, req.get("ads") or [])
-        except (InvalidRequest, AttributeError, TypeError):
-            continue
-        lb = None
-        if live is not None:
+        reference = []
+    out: list[tuple[EncodedBatch, EncodedBatch | None, str]] = []
+    rows = skipped = 0
+
+    def take(requests, source: str) -> None:
+        nonlocal rows, skipped
+        for req in requests:
+            if rows >= need:
+                return
             try:
-                lb = live.layout.encode(req.get("context") or {}, req.get("ads") or [])
+                cb = candidate.layout.encode(req.get("context") or {}, req.get("ads") or [])
             except (InvalidRequest, AttributeError, TypeError):
-                lb = None
-        out.append((cb, lb))
-        rows += cb.n_ads
-    return out, source
+                skipped += 1
+                continue
+            lb = None
+            if live is not None:
+                try:
+                    lb = live.layout.encode(req.get("context") or {}, req.get("ads") or [])
+                except (InvalidRequest, AttributeError, TypeError):
+                    lb = None
+            out.append((cb, lb, source))
+            rows += cb.n_ads
+
+    take(reference, "reference")
+    if skipped:
+        notes.append(f"{skipped} reference request(s) do not fit the model and were skipped")
+    if rows < need:
+        n = max(1, -(-(need - rows) // GENERATED_ADS))
+        take(({"context": c, "ads": a} for c, a in
+               generated_requests(pkg, min(n, config.sample_requests), GENERATED_ADS)), "generated")
+    return out
 
 
 def _ks(a: np.ndarray, b: np.ndarray) -> float:
@@ -199,10 +207,11 @@ def evaluate(candidate: Any, live: Any | None, samples: Sequence[EncodedBatch],
             pairs.append((b, b, "live"))
             rows += b.n_ads
     sources = {"live": len(pairs), "reference": 0, "generated": 0}
-    if rows < config.min_rows:
-        extra, source = _reference_batches(candidate, live, config, config.min_rows - rows, notes)
-        pairs += [(cb, lb, source) for cb, lb in extra]
-        sources[source] = len(extra)
+    if rows < max(1, config.min_rows):
+        for cb, lb, source in _reference_batches(candidate, live, config,
+                                                 max(1, config.min_rows) - rows, notes):
+            pairs.append((cb, lb, source))
+            sources[source] += 1
 
     cand, base = _Side(), _Side()
     shift_c, shift_l = [], []
@@ -223,6 +232,10 @@ def evaluate(candidate: Any, live: Any | None, samples: Sequence[EncodedBatch],
             bad_c += int(bad.sum())
     logit_c = np.concatenate(cand.logits) if cand.logits else np.zeros(0)
     stats: dict[str, Any] = {"rows": int(logit_c.size), "band_rows": band_rows}
+
+    if logit_c.size == 0:
+        reasons.append("no request could be scored to judge it (no live samples, and neither "
+                       "reference nor generated requests fit the model)")
 
     # 1. a finite output
     paired_c = np.concatenate(shift_c) if shift_c else np.zeros(0)
@@ -363,14 +376,14 @@ class SwapGate:
             self.metrics.gate.labels(candidate.name, "passed" if decision.passed else "held").inc()
             self.metrics.gate_seconds.labels(candidate.name).set(decision.seconds)
             if decision.passed:
-                self.metrics.held.labels(candidate.name, candidate.version).set(0)
+                self.metrics.child(self.metrics.held, candidate.name, candidate.version).set(0)
         return decision
 
     def held(self, name: str, version: str, decision: Decision) -> None:
         log.error("ALARM model %r: version %r is held back by the guarded swap, the live version "
                   "keeps serving: %s", name, version, decision.reason)
         if self.metrics is not None:
-            self.metrics.held.labels(name, version).set(1)
+            self.metrics.child(self.metrics.held, name, version).set(1)
         if self.webhook is not None:
             self.webhook.event(model=name, version=version, statistic="guarded_swap",
                                value=None, limit=None, reason=decision.reason, held=True)
@@ -383,7 +396,7 @@ class SwapGate:
         log.warning("model %r: version %r promoted past the guarded swap (force=true)", name, version)
         if self.metrics is not None:
             self.metrics.gate.labels(name, "forced").inc()
-            self.metrics.held.labels(name, version).set(0)
+            self.metrics.child(self.metrics.held, name, version).set(0)
         return decision
 
     def _record(self, name: str, decision: Decision) -> None:

@@ -48,26 +48,39 @@ class HealthMetrics:
                                   ["model"], **g)
         self.held = Gauge("ctr_model_held", "1 for a version the guarded swap holds back",
                           labels, **g)
+        self._series: dict[tuple[str, str], set] = {}  # (model, version) -> (metric, labels)
+
+    def forget(self, model: str, version: str) -> None:
+        """Remove every series of a model version no longer watched."""
+        for metric, labels in self._series.pop((model, version), set()):
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        self._series.setdefault((labels[0], labels[1]), set()).add((metric, labels))
+        return metric.labels(*labels)
 
     def window(self, model: str, version: str, s: dict[str, Any], streaks: dict[str, int],
                cleared: set[str]) -> None:
-        self.windows.labels(model, version).inc()
+        self.child(self.windows, model, version).inc()
         for layer in s["layers"]:
             key = (model, version, str(layer["layer"]))
-            self.fluctuation.labels(*key).set(layer["fluctuation"])
-            self.zero_share.labels(*key).set(layer["zero_share"])
+            self.child(self.fluctuation, *key).set(layer["fluctuation"])
+            self.child(self.zero_share, *key).set(layer["zero_share"])
             if layer.get("fluctuation_ratio") is not None:
-                self.fluctuation_ratio.labels(*key).set(layer["fluctuation_ratio"])
+                self.child(self.fluctuation_ratio, *key).set(layer["fluctuation_ratio"])
             if layer.get("mean_shift") is not None:
-                self.mean_shift.labels(*key).set(layer["mean_shift"])
+                self.child(self.mean_shift, *key).set(layer["mean_shift"])
         if s.get("pctr_psi") is not None:
-            self.psi.labels(model, version).set(s["pctr_psi"])
-        self.auc.labels(model, version).set(s["expected_auc"])
-        self.pctr_mean.labels(model, version).set(s["pctr_mean"])
+            self.child(self.psi, model, version).set(s["pctr_psi"])
+        self.child(self.auc, model, version).set(s["expected_auc"])
+        self.child(self.pctr_mean, model, version).set(s["pctr_mean"])
         for group, share in s["groups"].items():
             if share is not None:
-                self.absent.labels(model, version, group).set(share)
+                self.child(self.absent, model, version, group).set(share)
         for stat in s.get("out_of_band", {}):
-            self.out_of_band.labels(model, version, stat).set(streaks.get(stat, 0))
+            self.child(self.out_of_band, model, version, stat).set(streaks.get(stat, 0))
         for stat in cleared:
-            self.out_of_band.labels(model, version, stat).set(0)
+            self.child(self.out_of_band, model, version, stat).set(0)

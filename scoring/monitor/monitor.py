@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 
 RATE = 0.01
 QUEUE = 256
+QUEUE_ROWS = 100_000    # rows waiting at most (requests may carry thousands of ads)
 RECENT = 2000
+RECENT_ROWS = 60_000    # rows kept for the guarded swap (it scores at most 50,000 by default)
+VERSIONS_KEPT = 4       # model versions whose windows are kept, per model
 FLUSH_SECONDS = 1.0
 FLUSH_ROWS = 4000
 ALARMS_KEPT = 50
@@ -88,12 +91,16 @@ class HealthMonitor:
         self.sampled = 0
         self.dropped = 0
         self.processed = 0
+        self._rows_in = 0   # written by the request thread only
+        self._rows_out = 0  # written by the monitor's thread only
         self._recent: dict[str, collections.deque] = {}
+        self._recent_rows: dict[str, int] = {}
+        self._versions: dict[str, list[str]] = {}
         self._parts: dict[tuple[str, str], tuple[Any, Window]] = {}  # local, not yet in the store
         self._last_flush = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._work = threading.Lock()  # one pass of processing at a time (thread, flush, tests)
+        self._work = threading.RLock()  # one pass of processing at a time (thread, flush, tests)
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -115,12 +122,14 @@ class HealthMonitor:
         return keep
 
     def offer(self, model: Any, batch: EncodedBatch) -> None:
-        if len(self._queue) >= self.queue_size:
+        if len(self._queue) >= self.queue_size or \
+                self._rows_in - self._rows_out + batch.n_ads > QUEUE_ROWS:
             self.dropped += 1
             if self.metrics:
                 self.metrics.dropped.inc()
             return
         self.sampled += 1
+        self._rows_in += batch.n_ads
         self._queue.append((model, batch, time.time()))
 
     # -- the monitor's thread -----------------------------------------------------------------
@@ -158,6 +167,7 @@ class HealthMonitor:
         with self._work:
             while self._queue:
                 model, batch, at = self._queue.popleft()
+                self._rows_out += batch.n_ads
                 self.process(model, batch, at)
                 worked = True
         if flush:
@@ -173,21 +183,47 @@ class HealthMonitor:
             widths = [h.shape[1] for h in hidden]
             entry = self._parts[key] = (model, Window(widths, [g.name for g in engine.manifest.groups]))
         entry[1].add(hidden, logit, absent_counts(engine, batch), at or time.time())
-        ring = self._recent.get(model.name)
-        if ring is None:
-            ring = self._recent[model.name] = collections.deque(maxlen=self.recent_size)
-        ring.append((layout_key(engine), batch))
+        self._keep_recent(model.name, layout_key(engine), batch)
+        self._track_version(model.name, model.version)
         self.processed += 1
         if self.metrics:
             self.metrics.sampled.labels(model.name).inc()
         if entry[1].rows >= FLUSH_ROWS:
             self._flush_one(key)
 
+    def _keep_recent(self, name: str, key: tuple, batch: EncodedBatch) -> None:
+        """The guarded swap's sample: the last ``recent`` requests, at most ``RECENT_ROWS`` rows."""
+        ring = self._recent.get(name)
+        if ring is None:
+            ring = self._recent[name] = collections.deque()
+        ring.append((key, batch))
+        rows = self._recent_rows.get(name, 0) + batch.n_ads
+        while len(ring) > 1 and (len(ring) > self.recent_size or rows > RECENT_ROWS):
+            rows -= ring.popleft()[1].n_ads
+        self._recent_rows[name] = rows
+
+    def _track_version(self, name: str, version: str) -> None:
+        """Keep the windows of a model's last ``VERSIONS_KEPT`` versions; forget older ones
+        (their store entries and metric series)."""
+        seen = self._versions.setdefault(name, [])
+        if seen and seen[-1] == version:
+            return
+        if version in seen:
+            seen.remove(version)
+        seen.append(version)
+        if len(seen) > VERSIONS_KEPT:
+            old, seen[:] = seen[:-VERSIONS_KEPT], seen[-VERSIONS_KEPT:]
+            self.store.forget(name, set(seen))
+            if self.metrics:
+                for v in old:
+                    self.metrics.forget(name, v)
+
     def flush(self) -> None:
         """Hand every local part to the store (closing windows there)."""
-        self._last_flush = time.monotonic()
-        for key in list(self._parts):
-            self._flush_one(key)
+        with self._work:
+            self._last_flush = time.monotonic()
+            for key in list(self._parts):
+                self._flush_one(key)
 
     def _flush_one(self, key: tuple[str, str]) -> None:
         entry = self._parts.pop(key, None)
@@ -217,7 +253,7 @@ class HealthMonitor:
                                        value=value, limit=limit, windows=self.rules.windows)
             state["alarms"] = (state.get("alarms", []) + [event])[-ALARMS_KEPT:]
             if self.metrics:
-                self.metrics.alarms.labels(model.name, model.version, stat).inc()
+                self.metrics.child(self.metrics.alarms, model.name, model.version, stat).inc()
         if self.metrics:
             self.metrics.window(model.name, model.version, s, streaks, before - set(violations))
         return s
@@ -247,7 +283,8 @@ class HealthMonitor:
                 "window_rows": self.store.rows, "windows": windows,
                 "out_of_band": state.get("streaks") or {}, "alarms": state.get("alarms") or [],
                 "sampling": {"rate": self.rate, "sampled": self.sampled, "dropped": self.dropped,
-                             "processed": self.processed, "queued": len(self._queue)}}
+                             "processed": self.processed, "queued": len(self._queue),
+                             "queued_rows": max(0, self._rows_in - self._rows_out)}}
 
 
 def baseline_summary(baseline: dict | None) -> dict[str, Any] | None:

@@ -49,8 +49,14 @@ class WindowStore:
         """Merge ``part`` into the version's current window; returns the windows it closed."""
         closed = []
         with self._state(model, version) as state:
-            current = Window.from_json(state["current"]) if state["current"] else None
-            if current is None or list(current.widths) != list(part.widths):
+            try:
+                current = Window.from_json(state["current"]) if state["current"] else None
+            except (ValueError, KeyError, TypeError):  # a foreign or damaged entry: start over
+                current = None
+            if current is None or list(current.widths) != list(part.widths) or \
+                    list(current.groups) != list(part.groups):
+                if current is not None:  # the same version name, another net: forget the old one
+                    state.update(empty_state())
                 current = Window(part.widths, part.groups)
             current.merge(part)
             if current.rows >= self.rows:

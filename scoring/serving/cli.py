@@ -99,6 +99,10 @@ def _prepare_metrics_dir(settings: Settings) -> Path | None:
     for stale in path.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    if not settings.health_dir:  # the workers merge their health windows here
+        health = path / "health"
+        shutil.rmtree(health, ignore_errors=True)  # windows of an earlier run are not this run's
+        os.environ["CTR_HEALTH_DIR"] = str(health)
     return temporary
 
 

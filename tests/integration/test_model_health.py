@@ -152,7 +152,7 @@ def test_the_guarded_swap_holds_broken_versions_and_an_admin_can_override(tmp_pa
         # the override: admin only, judged again without force, served with force
         assert server.client.post("/v1/models/ctr/promote?version=v2&force=true").status_code in (401, 403)
         r = server.admin("POST", "/v1/models/ctr/promote?version=v2")
-        assert r.status_code == 409 and "held by the guarded swap" in r.json()["error"]
+        assert r.status_code == 409 and "is held back: mean log-odds shift" in r.json()["error"]
         r = server.admin("POST", "/v1/models/ctr/promote?version=v2&force=true")
         assert r.status_code == 200, r.text
         assert r.json()["version"] == "v2" and r.json()["gate"]["result"] == "forced"
