@@ -10,8 +10,10 @@ its manifest, so it always runs. The candidate is held back when (each limit con
 - the mean shift of its log-odds from the live version's is beyond ``logit_shift`` (0.2);
 - the KS distance between its and the live version's pCTRs is beyond ``ks`` (0.1);
 - a layer's fluctuation F_l, on live and reference rows, is outside its own baseline band
-  (widened for fewer rows than the band's window; not when the live version is outside its own
-  band on the same rows: then the traffic is what moved, and the comparisons above decide);
+  (widened for fewer rows than the band's window, and by ``band_margin``, 2: the band is a 99%
+  range for one layer and one window, the gate decides once over every layer; not when the live
+  version is outside its own band on the same rows: then the traffic is what moved, and the
+  comparisons above decide);
 - a layer's dead-neuron share is up by more than ``dead_share`` (5 points) over its baseline
   (over the live version's share on the same rows when the package has no baseline).
 
@@ -49,6 +51,7 @@ class GateConfig:
     logit_shift: float = 0.2
     ks: float = 0.1
     band: bool = True
+    band_margin: float = 2.0  # hold beyond this many times the band's half-width (see below)
     dead_share: float = 0.05
     sample_requests: int = 2000
     min_rows: int = 5000
@@ -274,10 +277,11 @@ def evaluate(candidate: Any, live: Any | None, samples: Sequence[EncodedBatch],
                                  "zero_share": float(m.zero_share.mean()) if m.width else 0.0}
         if baseline is not None and band_rows and i < len(baseline["layers"]):
             bl = baseline["layers"][i]
-            band = band_for(bl, m.n, int(baseline.get("window") or m.n), baseline.get("rows"))
+            band = _widen(band_for(bl, m.n, int(baseline.get("window") or m.n), baseline.get("rows")),
+                          bl["fluctuation"], config.band_margin)
             entry.update(band=band, zero_share_base=bl["zero_share"])
             if config.band and not band[0] <= m.fluctuation <= band[1]:
-                live_out = _live_out_of_band(base, live_base, i, comparable)
+                live_out = _live_out_of_band(base, live_base, i, comparable, config.band_margin)
                 if live_out:
                     notes.append(f"layer {i + 1}: F_l {m.fluctuation:.4g} is outside its baseline "
                                  f"band, but the live version is outside its own on these rows too "
@@ -309,15 +313,24 @@ def evaluate(candidate: Any, live: Any | None, samples: Sequence[EncodedBatch],
                     sources=sources, seconds=time.perf_counter() - t0, at=time.time())
 
 
-def _live_out_of_band(side: _Side, live_base: dict | None, i: int, comparable: bool) -> bool:
+def _live_out_of_band(side: _Side, live_base: dict | None, i: int, comparable: bool,
+                      margin: float) -> bool:
     if not comparable or live_base is None or not side.band_layers or i >= len(side.band_layers):
         return False
     m = side.band_layers[i]
     if m.n == 0 or i >= len(live_base["layers"]):
         return False
-    band = band_for(live_base["layers"][i], m.n, int(live_base.get("window") or m.n),
-                    live_base.get("rows"))
+    layer = live_base["layers"][i]
+    band = _widen(band_for(layer, m.n, int(live_base.get("window") or m.n), live_base.get("rows")),
+                  layer["fluctuation"], margin)
     return not band[0] <= m.fluctuation <= band[1]
+
+
+def _widen(band: list[float], center: float, margin: float) -> list[float]:
+    """``band`` stretched around ``center`` by ``margin``. The band is a 99% range of one
+    layer's F_l in one window; the gate decides once, over every layer, so it holds only beyond
+    a margin of it (2: about five standard errors), where a broken version lands far outside."""
+    return [center - (center - band[0]) * margin, center + (band[1] - center) * margin]
 
 
 class _one_blas_thread:

@@ -27,6 +27,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(predicate, what: str, timeout: float = 30.0, log=None):
+    """Poll ``predicate`` every 50 ms until it returns something true (returned); fail naming
+    ``what`` (and the server's log, when given) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"never: {what} (last: {value!r})" + (f"\n{log()}" if log else ""))
+
+
 class Server:
     """One service process; ``client`` talks to it over HTTP with keep-alive."""
 

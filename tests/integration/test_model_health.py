@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import numpy as np
 import orjson
@@ -18,7 +17,7 @@ from scoring.model.reference import mlp_forward, mlp_input
 
 from ..fakes.webhook import WebhookReceiver
 from ..health_models import shift_last_bias, write, zero_layer
-from .server import Server
+from .server import Server, wait_until
 
 
 def requests_for(pkg, n, seed, drop=None):
@@ -39,14 +38,7 @@ def send(server, reqs):
 
 
 def wait(cond, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
+    return wait_until(cond, what, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +52,14 @@ def built(tmp_path_factory):
             "v3": write(root / "v3", "v3", zero_layer, None)}
 
 
+def repo_with(tmp_path, src):
+    """A repository holding ``src`` as version v1 of model ctr."""
+    repo = tmp_path / "repo"
+    (repo / "ctr").mkdir(parents=True)
+    install(repo, src, "v1")
+    return repo
+
+
 def install(repo, src, version):
     """As an operator does: ``cp -a`` into a hidden directory, then one rename."""
     tmp = repo / "ctr" / f".{version}.tmp"
@@ -68,9 +68,7 @@ def install(repo, src, version):
 
 
 def test_windows_metrics_and_a_drift_alarm(tmp_path, built):
-    repo = tmp_path / "repo"
-    (repo / "ctr").mkdir(parents=True)
-    install(repo, built["v1"], "v1")
+    repo = repo_with(tmp_path, built["v1"])
     hook = WebhookReceiver()
     env = {"CTR_HEALTH_SAMPLE_RATE": "1", "CTR_HEALTH_WINDOW": "100000",
            "CTR_ALARM_WEBHOOK": hook.url, "CTR_GATE": "{}"}
@@ -99,9 +97,7 @@ def test_windows_metrics_and_a_drift_alarm(tmp_path, built):
 
 
 def test_a_group_going_absent_alarms_after_three_windows(tmp_path, built):
-    repo = tmp_path / "repo"
-    (repo / "ctr").mkdir(parents=True)
-    install(repo, built["v1"], "v1")
+    repo = repo_with(tmp_path, built["v1"])
     hook = WebhookReceiver()
     env = {"CTR_HEALTH_SAMPLE_RATE": "1", "CTR_HEALTH_WINDOW": "500", "CTR_ALARM_WEBHOOK": hook.url,
            "CTR_GATE": "{}"}
@@ -128,9 +124,7 @@ def test_a_group_going_absent_alarms_after_three_windows(tmp_path, built):
 
 
 def test_the_guarded_swap_holds_broken_versions_and_an_admin_can_override(tmp_path, built):
-    repo = tmp_path / "repo"
-    (repo / "ctr").mkdir(parents=True)
-    install(repo, built["v1"], "v1")
+    repo = repo_with(tmp_path, built["v1"])
     env = {"CTR_HEALTH_SAMPLE_RATE": "1", "CTR_GATE": "{}"}
     with Server(repo, tmp_path / "log", env=env).wait() as server:
         send(server, requests_for(built["pkg"], 40, seed=9))  # live samples for the gate

@@ -17,7 +17,7 @@ from scoring.model.reference import reference_scores
 
 from ..models import make_model
 from ..readonly import read_only, read_only_mount_prefix
-from .server import Server, install_model
+from .server import Server, install_model, wait_until
 
 LAST_MONTH = time.time() - 30 * 86400
 BODY = {"context": {"user_id": "u1", "city": "bj"},
@@ -45,13 +45,7 @@ def assert_scored_by(server: Server, package_dir: Path) -> None:
 
 
 def wait_for(predicate, what: str, server: Server, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"never: {what}\n{server.log()}")
+    return wait_until(predicate, what, timeout, server.log)
 
 
 def test_versions_copied_in_by_hand_go_live(tmp_path):

@@ -11,7 +11,6 @@ import pytest
 from scoring.errors import ScoringError
 from scoring.lifecycle.loader import LiveModel
 from scoring.lifecycle.registry import Registry
-from scoring.lifecycle.repo import ModelRepo
 from scoring.monitor.gate import Decision
 from scoring.serving.metrics import Metrics
 
@@ -46,13 +45,6 @@ def worker(repo, hold=(), loader=None):
     reg.gate = Gate(hold)
     reg.sync_all()
     return reg
-
-
-@pytest.fixture
-def repo(tmp_path) -> ModelRepo:
-    r = ModelRepo(tmp_path / "repo")
-    install(r, "v1")
-    return r
 
 
 def test_the_first_workers_hold_stands_for_every_worker(repo):

@@ -75,13 +75,6 @@ def copy_in(repo: ModelRepo, version: str, *, partial: bool = False, name: str =
     return dest
 
 
-@pytest.fixture
-def repo(tmp_path) -> ModelRepo:
-    r = ModelRepo(tmp_path / "repo")
-    install(r, "v1")
-    return r
-
-
 def make(repo: ModelRepo, loader: FakeLoader | None = None, **kw) -> tuple[Registry, FakeLoader]:
     loader = loader or FakeLoader()
     return Registry(repo, loader=loader, metrics=Metrics(), **kw), loader
