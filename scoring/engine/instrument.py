@@ -64,3 +64,32 @@ def forward_with_hidden(engine: "Engine", batch: EncodedBatch) -> tuple[list[np.
             z = rnd(h.astype(np.float32)) @ w + engine.params[bo:bo + n_out]
             h = np.maximum(z, 0.0) if act == kernels.ACT_RELU else z
     return hidden, h[:, 0].astype(np.float64)
+
+
+def forward_batches(engine: "Engine", batches: "list[EncodedBatch]") -> tuple[list[np.ndarray], np.ndarray]:
+    """:func:`forward_with_hidden` over the rows of several requests at once: the context part
+    once per request, then every layer as one matrix product over all rows. A background thread
+    calls this on a few thousand rows at a time: the time goes into BLAS and the compiled
+    pooling kernel, which run without the interpreter lock, not into Python between small calls
+    (which would hold it, and keep the request thread waiting)."""
+    if not batches:
+        return [], np.zeros(0)
+    pooled = [pooled_inputs(engine, b) for b in batches]
+    counts = np.array([b.n_ads for b in batches], dtype=np.int64)
+    x_ctx = np.concatenate([p[0] for p in pooled], axis=0)
+    x_ad = np.concatenate([p[1] for p in pooled], axis=0)
+    bf16 = engine.prec != kernels.PREC_F32
+    rnd = bf16_values if bf16 else (lambda a: a)
+    with np.errstate(all="ignore"):
+        c = np.repeat(engine.b0 + rnd(x_ctx) @ engine.w_ctx, counts, axis=0)
+        z = rnd(x_ad) @ engine.w_ad
+        z += c
+        h = np.maximum(z, 0.0, out=z) if engine.act0 == kernels.ACT_RELU else z
+        hidden = []
+        for wo, k_in, n_out, bo, act in engine.layers.tolist():
+            hidden.append(h)
+            w = engine.params[wo:wo + k_in * n_out].reshape(k_in, n_out)
+            z = rnd(h) @ w
+            z += engine.params[bo:bo + n_out]
+            h = np.maximum(z, 0.0, out=z) if act == kernels.ACT_RELU else z
+    return hidden, h[:, 0].astype(np.float64)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..engine.features import EncodedBatch
-from ..engine.instrument import forward_with_hidden
+from ..engine.instrument import forward_batches
 from ..lifecycle.priority import lower_thread_priority
 from .alarms import Rules, Webhook, update_streaks
 from .metrics import HealthMetrics
@@ -38,6 +38,8 @@ RECENT_ROWS = 60_000    # rows kept for the guarded swap (it scores at most 50,0
 VERSIONS_KEPT = 4       # model versions whose windows are kept, per model
 FLUSH_SECONDS = 1.0
 FLUSH_ROWS = 4000
+CHUNK_ROWS = 4096       # rows per pass through the layers
+POLL = 0.25             # seconds between the monitor's looks at its queue
 ALARMS_KEPT = 50
 
 
@@ -152,42 +154,58 @@ class HealthMonitor:
         lower_thread_priority(idle=True)
         while not self._stop.is_set():
             try:
-                worked = self.drain(flush=False)
+                self.drain(flush=False)
                 if time.monotonic() - self._last_flush >= self.flush_seconds:
                     self.flush()
             except Exception:  # the monitor must outlive anything a model does
                 log.exception("model health: processing a sample failed")
-                worked = False
-            if not worked:
-                self._stop.wait(0.05)
+            # samples wait up to POLL seconds: several requests then go through the layers in
+            # one pass, which is cheaper and holds the interpreter lock for less time in all
+            self._stop.wait(POLL)
 
     def drain(self, flush: bool = True) -> bool:
-        """Process every queued sample (the thread's loop; tests call it directly)."""
+        """Process every queued sample (the thread's loop; tests call it directly), a few
+        thousand rows at a time."""
         worked = False
         with self._work:
             while self._queue:
-                model, batch, at = self._queue.popleft()
-                self._rows_out += batch.n_ads
-                self.process(model, batch, at)
+                groups: dict[tuple[str, str], tuple[Any, list, list]] = {}
+                rows = 0
+                while self._queue and rows < CHUNK_ROWS:
+                    model, batch, at = self._queue.popleft()
+                    self._rows_out += batch.n_ads
+                    rows += batch.n_ads
+                    entry = groups.setdefault((model.name, model.version), (model, [], []))
+                    entry[1].append(batch)
+                    entry[2].append(at)
+                for model, batches, times in groups.values():
+                    self.process(model, batches, max(times))
                 worked = True
         if flush:
             self.flush()
         return worked
 
-    def process(self, model: Any, batch: EncodedBatch, at: float | None = None) -> None:
+    def process(self, model: Any, batches: EncodedBatch | list[EncodedBatch],
+                at: float | None = None) -> None:
+        """Fold sampled requests of one model version into its local part: one pass through the
+        layers over all their rows (:func:`~scoring.engine.instrument.forward_batches`)."""
+        batches = [batches] if isinstance(batches, EncodedBatch) else list(batches)
         engine = model.scorer
-        hidden, logit = forward_with_hidden(engine, batch)
+        hidden, logit = forward_batches(engine, batches)
         key = (model.name, model.version)
         entry = self._parts.get(key)
         if entry is None:
             widths = [h.shape[1] for h in hidden]
             entry = self._parts[key] = (model, Window(widths, [g.name for g in engine.manifest.groups]))
-        entry[1].add(hidden, logit, absent_counts(engine, batch), at or time.time())
-        self._keep_recent(model.name, layout_key(engine), batch)
+        absent = sum(absent_counts(engine, b) for b in batches)
+        entry[1].add(hidden, logit, absent, at or time.time(), requests=len(batches))
+        lay = layout_key(engine)
+        for b in batches:
+            self._keep_recent(model.name, lay, b)
         self._track_version(model.name, model.version)
-        self.processed += 1
+        self.processed += len(batches)
         if self.metrics:
-            self.metrics.sampled.labels(model.name).inc()
+            self.metrics.sampled.labels(model.name).inc(len(batches))
         if entry[1].rows >= FLUSH_ROWS:
             self._flush_one(key)
 

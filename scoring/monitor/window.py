@@ -57,9 +57,9 @@ class Window:
     # -- adding rows ----------------------------------------------------------------------------
 
     def add(self, hidden: Sequence[np.ndarray], logit: np.ndarray, absent: np.ndarray,
-            now: float) -> None:
-        """Fold in one request's rows: hidden outputs [rows, width] per layer, the rows'
-        log-odds, and per group how many of the rows lack it."""
+            now: float, requests: int = 1) -> None:
+        """Fold in the rows of ``requests`` requests: hidden outputs [rows, width] per layer, the
+        rows' log-odds, and per group how many of the rows lack it."""
         logit = np.asarray(logit, dtype=np.float64)
         ok = np.isfinite(logit)
         n_bad = int((~ok).sum())
@@ -77,7 +77,7 @@ class Window:
         self.bin_pq += np.bincount(idx, weights=p * (1.0 - p), minlength=FINE_BINS)
         self.absent += absent
         self.rows += int(logit.size)
-        self.requests += 1
+        self.requests += requests
         self.started = self.started or now
         self.ended = now
 

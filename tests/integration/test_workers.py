@@ -21,7 +21,8 @@ def test_two_workers_share_the_tables(tmp_path):
     write_demo(staged, version="small", bucket_shift=6)
     repo.install("demo", staged, "small")
     shutil.rmtree(staged, ignore_errors=True)
-    with Server(repo.root, tmp_path / "server.log", args=["--workers", "2"]) as server:
+    with Server(repo.root, tmp_path / "server.log", args=["--workers", "2"],
+                env={"CTR_HEALTH_SAMPLE_RATE": "1"}) as server:
         deadline = time.monotonic() + 90
         workers: list[int] = []
         while time.monotonic() < deadline:
@@ -45,6 +46,17 @@ def test_two_workers_share_the_tables(tmp_path):
         total = sum(float(v) for v in re.findall(
             r'ctr_requests_total\{model="demo",status="200",version="small"\} (\S+)', text))
         assert total == n, text[:2000]
+        # model health: the two workers' samples land in one window, whichever worker answers
+        deadline = time.monotonic() + 30
+        answers: list = []
+        while time.monotonic() < deadline:
+            answers = [httpx.get(f"{server.url}/v1/models/demo/health", timeout=10).json()
+                       for _ in range(6)]  # new connections: both workers answer
+            if all(a["windows"] and a["windows"][-1]["rows"] == n * 10 for a in answers):
+                break
+            time.sleep(0.2)
+        assert [a["windows"][-1]["rows"] if a["windows"] else 0 for a in answers] == [n * 10] * 6
+        print("samples per answering worker:", sorted({a["sampling"]["sampled"] for a in answers}))
         # both workers touched every page of the tables: each is charged half of them (PSS)
         table_dir = repo.path("demo", "small")
         mems = [memory(pid, table_dir) for pid in workers]
