@@ -27,6 +27,7 @@ from .health import (
     expected_auc,
     logit_histogram,
     mean_abs_fluctuation,
+    variance_components,
 )
 from .manifest import CHECKSUMS, PackageError
 from .package import ModelPackage, load_package
@@ -72,12 +73,13 @@ def compute_baseline(package: ModelPackage, requests: Iterable[Mapping[str, Any]
         raise PackageError("baseline: the reference requests hold no ads")
     hidden: list[np.ndarray] = []
     p = mlp_forward(package, np.stack(rows), hidden)
-    counts = _resample_counts(np.unique(request_of_row, return_inverse=True)[1], window,
-                              resamples, seed)
+    request_of_row = np.unique(request_of_row, return_inverse=True)[1]
+    counts = _resample_counts(request_of_row, window, resamples, seed)
     layers = []
     for li, h in enumerate(hidden):
         moments = LayerMoments(h.shape[1])
         moments.add(h)
+        within, between = variance_components(h, request_of_row)
         boot = _resampled_fluctuation(h, counts) if resamples else np.zeros(1)
         layers.append({
             "layer": li + 1, "width": int(h.shape[1]),
@@ -85,7 +87,9 @@ def compute_baseline(package: ModelPackage, requests: Iterable[Mapping[str, Any]
             "zero_share": float(moments.zero_share.mean()),
             "band": [float(np.quantile(boot, BAND[0])), float(np.quantile(boot, BAND[1]))],
             "neurons": {"mean": moments.mean.tolist(), "sigma": moments.sigma.tolist(),
-                        "zero_share": moments.zero_share.tolist()}})
+                        "zero_share": moments.zero_share.tolist(),
+                        "sigma_within": np.sqrt(within).tolist(),
+                        "sigma_between": np.sqrt(between).tolist()}})
     return {
         "format": 1, "rows": len(rows), "requests": n_requests, "window": window,
         "resamples": resamples, "band_quantiles": list(BAND), "seed": seed,
@@ -221,6 +225,11 @@ def check_baseline(doc: Any, widths: Sequence[int]) -> dict:
                     isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
                     for v in values):
                 raise bad(f"layers[{i}].neurons.{key} must be {width} finite numbers")
+        for key in ("sigma_within", "sigma_between"):  # optional: older baselines lack them
+            values = neurons.get(key)
+            if values is not None and (not isinstance(values, list) or len(values) != width or
+                                       not all(_number(v) and v >= 0 for v in values)):
+                raise bad(f"layers[{i}].neurons.{key} must be {width} finite numbers >= 0")
         band = layer.get("band")
         if not (isinstance(band, list) and len(band) == 2 and all(_number(v) for v in band)
                 and band[0] <= band[1]):

@@ -123,3 +123,32 @@ def expected_auc(p: np.ndarray) -> float:
     concordant = float((s * (below + 0.5 * tied)).sum())
     pairs = float(s.sum() * q.sum() - (s * q).sum())
     return concordant / pairs if pairs > 0 else float("nan")
+
+
+def variance_components(h: np.ndarray, request: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron, the within-request and between-request variances of rows ``h`` [rows, width]
+    grouped by ``request`` (one index per row), by one-way ANOVA (unbiased; unequal requests
+    through the usual n0). The ads of one request share its context, so a set of rows from few
+    requests shows less variance than the traffic has: a window of ``k`` requests expects a
+    population variance of ``within + between * (1 - 1/k)`` (:func:`expected_fluctuation`)."""
+    h = np.asarray(h, dtype=np.float64)
+    _, inv, m = np.unique(np.asarray(request), return_inverse=True, return_counts=True)
+    n, N = m.size, h.shape[0]
+    if n < 2 or N <= n:
+        return np.var(h, axis=0) if N else np.zeros(h.shape[1]), np.zeros(h.shape[1])
+    sums = np.zeros((n, h.shape[1]))
+    np.add.at(sums, inv, h)
+    means = sums / m[:, None]
+    within = ((h - means[inv]) ** 2).sum(axis=0) / (N - n)
+    between_ms = (m[:, None] * (means - h.mean(axis=0)) ** 2).sum(axis=0) / (n - 1)
+    n0 = (N - (m ** 2).sum() / N) / (n - 1)
+    between = np.maximum((between_ms - within) / n0, 0.0)
+    return within, between
+
+
+def expected_fluctuation(sigma_within: np.ndarray, sigma_between: np.ndarray, requests: int) -> float:
+    """F_l a window of ``requests`` requests is expected to show: mean over neurons of
+    sqrt(within + between * (1 - 1/requests)) (standard deviations given)."""
+    k = max(1, int(requests))
+    sw, sb = np.asarray(sigma_within, float), np.asarray(sigma_between, float)
+    return float(np.sqrt(sw ** 2 + sb ** 2 * (1.0 - 1.0 / k)).mean()) if sw.size else 0.0

@@ -36,7 +36,7 @@ from ..errors import InvalidRequest
 from ..model.health import LayerMoments
 from ..model.manifest import PackageError
 from .monitor import layout_key
-from .window import band_for
+from .window import band_for, expected_for
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +238,13 @@ def evaluate(candidate: Any, live: Any | None, samples: Sequence[EncodedBatch],
 
     cand, base = _Side(), _Side()
     shift_c, shift_l = [], []
-    band_rows = bad_c = 0
+    band_rows = band_requests = bad_c = 0
     with _one_blas_thread():
         for chunk in _chunks(pairs, CHUNK_ROWS):
             counts = np.array([cb.n_ads for cb, _, _ in chunk], dtype=np.int64)
             in_band = np.repeat([src != "generated" for _, _, src in chunk], counts).astype(bool)
             band_rows += int(in_band.sum())
+            band_requests += sum(src != "generated" for _, _, src in chunk)
             hc, zc = _outputs(candidate, [cb for cb, _, _ in chunk])
             cand.add(hc, zc, in_band)
             paired = np.repeat([lb is not None for _, lb, _ in chunk], counts).astype(bool) \
@@ -300,11 +301,13 @@ def evaluate(candidate: Any, live: Any | None, samples: Sequence[EncodedBatch],
                                  "zero_share": float(m.zero_share.mean()) if m.width else 0.0}
         if baseline is not None and band_rows and i < len(baseline["layers"]):
             bl = baseline["layers"][i]
-            band = _widen(band_for(bl, m.n, int(baseline.get("window") or m.n), baseline.get("rows")),
-                          bl["fluctuation"], config.band_margin)
+            center = expected_for(bl, band_requests)
+            band = _widen(band_for(bl, m.n, int(baseline.get("window") or m.n), baseline.get("rows"),
+                                   center), center, config.band_margin)
             entry.update(band=band, zero_share_base=bl["zero_share"])
             if config.band and not band[0] <= m.fluctuation <= band[1]:
-                live_out = _live_out_of_band(base, live_base, i, comparable, config.band_margin)
+                live_out = _live_out_of_band(base, live_base, i, comparable, config.band_margin,
+                                             band_requests)
                 if live_out:
                     notes.append(f"layer {i + 1}: F_l {m.fluctuation:.4g} is outside its baseline "
                                  f"band, but the live version is outside its own on these rows too "
@@ -337,15 +340,16 @@ def evaluate(candidate: Any, live: Any | None, samples: Sequence[EncodedBatch],
 
 
 def _live_out_of_band(side: _Side, live_base: dict | None, i: int, comparable: bool,
-                      margin: float) -> bool:
+                      margin: float, requests: int) -> bool:
     if not comparable or live_base is None or not side.band_layers or i >= len(side.band_layers):
         return False
     m = side.band_layers[i]
     if m.n == 0 or i >= len(live_base["layers"]):
         return False
     layer = live_base["layers"][i]
-    band = _widen(band_for(layer, m.n, int(live_base.get("window") or m.n), live_base.get("rows")),
-                  layer["fluctuation"], margin)
+    center = expected_for(layer, requests)
+    band = _widen(band_for(layer, m.n, int(live_base.get("window") or m.n), live_base.get("rows"),
+                           center), center, margin)
     return not band[0] <= m.fluctuation <= band[1]
 
 

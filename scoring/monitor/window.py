@@ -20,7 +20,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..model.health import LOGIT_BINS, LOGIT_RANGE, LayerMoments, psi
+from ..model.health import (
+    LOGIT_BINS,
+    LOGIT_RANGE,
+    LayerMoments,
+    expected_fluctuation,
+    psi,
+)
 
 FINE_BINS = LOGIT_BINS * 20  # 0.024 log-odds wide: the expected AUC's only approximation
 _EDGES = np.linspace(*LOGIT_RANGE, FINE_BINS + 1)
@@ -176,13 +182,14 @@ def summarize(w: Window, baseline: dict | None, reference: dict | None = None) -
             # a neuron constant on the reference rows has no scale: its shift counts in units of
             # the layer's mean sigma (or stays 0 when the whole layer was constant)
             scale = np.where(sd0 > 0, sd0, max(float(sd0.mean()), 0.0) or np.inf)
-            entry["fluctuation_ratio"] = (m.fluctuation / base["fluctuation"]
-                                          if base["fluctuation"] > 0 else None)
+            center = expected_for(base, w.requests)
+            entry["fluctuation_expected"] = center
+            entry["fluctuation_ratio"] = m.fluctuation / center if center > 0 else None
             entry["mean_shift"] = float(np.sqrt(np.mean(((m.mean - mu0) / scale) ** 2)))
             entry["zero_share_base"] = base["zero_share"]
             if "band" in base:
                 entry["band"] = band_for(base, m.n, (ref or {}).get("window") or m.n,
-                                         (ref or {}).get("rows"))
+                                         (ref or {}).get("rows"), center)
         layers.append(entry)
     out: dict[str, Any] = {"rows": w.rows, "requests": w.requests, "nonfinite": w.nonfinite,
                            "started": w.started, "ended": w.ended,
@@ -198,17 +205,30 @@ def summarize(w: Window, baseline: dict | None, reference: dict | None = None) -
     return out
 
 
-def band_for(base_layer: dict, rows: int, window: int, ref_rows: int | None = None) -> list[float]:
+def expected_for(base_layer: dict, requests: int) -> float:
+    """The baseline's F_l for a window of ``requests`` requests: from its within- and
+    between-request spreads when it has them (rows of one request are alike, so F_l grows with
+    the number of requests a window holds), else its F_l as measured."""
+    neurons = base_layer.get("neurons") or {}
+    if neurons.get("sigma_within") is not None and neurons.get("sigma_between") is not None:
+        return expected_fluctuation(neurons["sigma_within"], neurons["sigma_between"], requests)
+    return float(base_layer["fluctuation"])
+
+
+def band_for(base_layer: dict, rows: int, window: int, ref_rows: int | None = None,
+             center: float | None = None) -> list[float]:
     """The layer's F_l band for a set of ``rows`` live rows. The baseline's bootstrap band is made
     for windows of ``window`` rows drawn from the reference rows; a live F_l differs from the
     baseline's by the sampling error of both (variance ~ 1/rows + 1/ref_rows, where the
     bootstrap's is ~ 1/window), so the band is widened around F_l by
-    sqrt(window / rows + window / ref_rows) (never narrowed)."""
+    sqrt(window / rows + window / ref_rows) (never narrowed). ``center``: the F_l expected for the
+    window's number of requests (:func:`expected_for`), where the band's offsets are moved."""
     lo, hi = base_layer["band"]
     f = base_layer["fluctuation"]
+    c = f if center is None else center  # the band's offsets around F_l, moved to ``center``
     ratio = window / max(rows, 1) + (window / ref_rows if ref_rows else 0.0)
     s = max(1.0, float(np.sqrt(ratio)))
-    return [float(f - (f - lo) * s), float(f + (hi - f) * s)]
+    return [float(c - (f - lo) * s), float(c + (hi - f) * s)]
 
 
 def reference_of(w: Window) -> dict[str, Any]:

@@ -73,3 +73,30 @@ def test_psi_and_log_odds_bins():
     hist = logit_histogram(np.array([0.5, 1e-12, 1.0 - 1e-12, 0.5]))
     assert hist.shape == (LOGIT_BINS,) and hist.sum() == 4
     assert hist[LOGIT_BINS // 2] == 2 and hist[0] == 1 and hist[-1] == 1
+
+
+def test_variance_components_recover_the_two_spreads():
+    """Rows of requests with a shared part (sd 2) and a per-row part (sd 1), unequal sizes: the
+    one-way ANOVA estimates come back, and the expected F_l of a window grows with its requests
+    as the population std of simulated windows does."""
+    from scoring.model.health import expected_fluctuation, variance_components
+
+    rng = np.random.default_rng(7)
+
+    def rows(n_req):
+        h, req = [], []
+        for r in range(n_req):
+            m = int(rng.integers(20, 80))
+            h.append(rng.normal(0, 2, 3) + rng.normal(0, 1, (m, 3)))
+            req += [r] * m
+        return np.concatenate(h), np.array(req)
+
+    h, req = rows(400)
+    within, between = variance_components(h, req)
+    np.testing.assert_allclose(within, 1.0, rtol=0.05)
+    np.testing.assert_allclose(between, 4.0, rtol=0.15)
+    for k in (10, 40):  # brute force: the mean over simulated windows of k requests (with very
+        # few requests, sqrt(E[var]) overstates E[std]: windows hold a hundred or more)
+        sims = [rows(k)[0].std(axis=0).mean() for _ in range(200)]
+        assert expected_fluctuation(np.sqrt(within), np.sqrt(between), k) == pytest.approx(
+            np.mean(sims), rel=0.06)
