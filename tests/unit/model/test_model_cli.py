@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from scoring.model.demo import write_demo
+from scoring.model.demo import BASELINE_REQUESTS, write_demo
 from scoring.model.package import load_package
 
 
@@ -31,7 +31,7 @@ def test_demo_is_deterministic_and_has_the_seed_net(tmp_path):
     # the demo carries its health baseline: one entry per hidden layer, deterministic too
     assert pa.baseline == pb.baseline and pa.baseline != pc.baseline
     assert [layer["width"] for layer in pa.baseline["layers"]] == [256, 256, 256, 128]
-    assert pa.baseline["rows"] == 20 * 100
+    assert pa.baseline["rows"] == BASELINE_REQUESTS * 100
 
 
 def test_cli_demo_inspect_verify(tmp_path):
