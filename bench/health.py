@@ -8,7 +8,7 @@
    a shared machine hits every setting alike; the median of the rounds is reported. Target: 1 %
    within 3 % of off.
 2. **The guarded swap.** In process: the demo model live and an identical candidate, judged on
-   2,000 sampled 100-ad requests (the newest 50,000 rows: the default cap), with BLAS on one thread as in
+   2,000 sampled 100-ad requests (the newest 20,000 rows: the default cap), with BLAS on one thread as in
    the service: seconds per swap, and the same for a fresh start (reference requests only).
 3. **Drift.** In process, windows of 20,000 rows: traffic like the reference for 4 windows, then
    a group going absent (``category``) for 4 windows, then a heavier user-id tail (1 in 3 requests
