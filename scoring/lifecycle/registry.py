@@ -483,7 +483,7 @@ class Registry:
                         self.gate.held(name, version, decision)
                     raise ScoringError(f"model {name!r}: version {version!r} is held back: {problem}; "
                                        "add force=true to promote it anyway", 409)
-            live = self.repo.promote(name, version, decided_at, force=force)
+            live = self.repo.promote(name, version, decided_at, force=force, judged=not force)
             if live != version:
                 if model is not current:
                     self._retired.append((time.monotonic(), model))

@@ -173,7 +173,8 @@ class ModelRepo:
     def state(self, name: str) -> ModelState:
         return self.state_file(name).read()
 
-    def promote(self, name: str, version: str, decided_at: float, *, force: bool = False) -> str | None:
+    def promote(self, name: str, version: str, decided_at: float, *, force: bool = False,
+                judged: bool = False) -> str | None:
         """Record ``version`` as live, as decided at ``decided_at`` (when the caller read
         :meth:`wanted`, before it spent seconds loading), and return the version live afterwards.
 
@@ -184,7 +185,8 @@ class ModelRepo:
         decision time, a version first seen while the caller was loading stays fresh.
 
         A version the guarded swap of any process holds is not recorded (that decision stands),
-        unless ``force``: an admin's promote, which clears the hold and wins over everything."""
+        unless ``force``: an admin's promote, which clears the hold and wins over everything, or
+        ``judged``: an admin's promote that the guarded swap judged again and passed."""
         sf = self.state_file(name)
         with sf.locked():
             state = sf.read()
@@ -196,7 +198,8 @@ class ModelRepo:
                 state.make_live(version, decided_at)
                 sf.write(state)
                 return version
-            if self.is_held(name, version, state) and not self.is_forced(name, version, state):
+            if not judged and self.is_held(name, version, state) and \
+                    not self.is_forced(name, version, state):
                 return state.live  # another process's guarded swap held it first: that stands
             if state.live == version or (state.live and decided_at < state.live_since):
                 return state.live

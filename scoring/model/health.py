@@ -146,9 +146,16 @@ def variance_components(h: np.ndarray, request: np.ndarray) -> tuple[np.ndarray,
     return within, between
 
 
-def expected_fluctuation(sigma_within: np.ndarray, sigma_between: np.ndarray, requests: int) -> float:
+def expected_fluctuation(sigma_within: np.ndarray, sigma_between: np.ndarray, requests: float) -> float:
     """F_l a window of ``requests`` requests is expected to show: mean over neurons of
-    sqrt(within + between * (1 - 1/requests)) (standard deviations given)."""
-    k = max(1, int(requests))
+    sqrt(within + between * (1 - 1/requests)) (standard deviations given). For requests of
+    unequal sizes m_i, pass the effective number (sum m_i)^2 / sum m_i^2 (:func:`effective_requests`)."""
+    k = max(1.0, float(requests))
     sw, sb = np.asarray(sigma_within, float), np.asarray(sigma_between, float)
     return float(np.sqrt(sw ** 2 + sb ** 2 * (1.0 - 1.0 / k)).mean()) if sw.size else 0.0
+
+
+def effective_requests(rows: float, sum_sq: float) -> float:
+    """The number of equal requests whose rows vary like these: (sum m_i)^2 / sum m_i^2 for
+    requests of m_i rows (a window of one 5,000-ad request and fifty 10-ad ones is about 1.2)."""
+    return float(rows) ** 2 / sum_sq if sum_sq > 0 else 1.0

@@ -33,7 +33,7 @@ import numpy as np
 from ..engine.features import EncodedBatch
 from ..engine.instrument import forward_batches
 from ..errors import InvalidRequest
-from ..model.health import LayerMoments
+from ..model.health import LayerMoments, effective_requests
 from ..model.manifest import PackageError
 from .monitor import layout_key
 from .window import band_for, expected_for
@@ -238,13 +238,15 @@ def evaluate(candidate: Any, live: Any | None, samples: Sequence[EncodedBatch],
 
     cand, base = _Side(), _Side()
     shift_c, shift_l = [], []
-    band_rows = band_requests = bad_c = 0
+    band_rows = bad_c = 0
+    band_sum_sq = 0.0
     with _one_blas_thread():
         for chunk in _chunks(pairs, CHUNK_ROWS):
             counts = np.array([cb.n_ads for cb, _, _ in chunk], dtype=np.int64)
             in_band = np.repeat([src != "generated" for _, _, src in chunk], counts).astype(bool)
             band_rows += int(in_band.sum())
-            band_requests += sum(src != "generated" for _, _, src in chunk)
+            band_sizes = counts[np.array([src != "generated" for _, _, src in chunk])]
+            band_sum_sq += float((band_sizes.astype(np.float64) ** 2).sum())
             hc, zc = _outputs(candidate, [cb for cb, _, _ in chunk])
             cand.add(hc, zc, in_band)
             paired = np.repeat([lb is not None for _, lb, _ in chunk], counts).astype(bool) \
@@ -295,6 +297,7 @@ def evaluate(candidate: Any, live: Any | None, samples: Sequence[EncodedBatch],
     # 4, 5. hidden layers against the candidate's own baseline (or the live version's layers)
     baseline = getattr(candidate.package, "baseline", None)
     live_base = getattr(getattr(live, "package", None), "baseline", None)
+    band_requests = effective_requests(band_rows, band_sum_sq)  # unequal requests: see health
     layers = []
     for i, m in enumerate(cand.band_layers if baseline is not None and band_rows else cand.all_layers):
         entry: dict[str, Any] = {"layer": i + 1, "fluctuation": m.fluctuation,
@@ -340,7 +343,7 @@ def evaluate(candidate: Any, live: Any | None, samples: Sequence[EncodedBatch],
 
 
 def _live_out_of_band(side: _Side, live_base: dict | None, i: int, comparable: bool,
-                      margin: float, requests: int) -> bool:
+                      margin: float, requests: float) -> bool:
     if not comparable or live_base is None or not side.band_layers or i >= len(side.band_layers):
         return False
     m = side.band_layers[i]

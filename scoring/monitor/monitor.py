@@ -169,24 +169,28 @@ class HealthMonitor:
         worked = False
         with self._work:
             while self._queue:
-                groups: dict[tuple[str, str], tuple[Any, list, list]] = {}
+                groups: dict[int, tuple[Any, list, list]] = {}  # by model object (its engine)
                 rows = 0
                 while self._queue and rows < CHUNK_ROWS:
                     model, batch, at = self._queue.popleft()
                     self._rows_out += batch.n_ads
                     rows += batch.n_ads
-                    entry = groups.setdefault((model.name, model.version), (model, [], []))
+                    entry = groups.setdefault(id(model), (model, [], []))
                     entry[1].append(batch)
                     entry[2].append(at)
                 for model, batches, times in groups.values():
-                    self.process(model, batches, max(times))
+                    try:
+                        self.process(model, batches, max(times), started=min(times))
+                    except Exception:  # one model's failure loses only its own samples
+                        log.exception("model health: samples of %r version %r failed", model.name,
+                                      model.version)
                 worked = True
         if flush:
             self.flush()
         return worked
 
     def process(self, model: Any, batches: EncodedBatch | list[EncodedBatch],
-                at: float | None = None) -> None:
+                at: float | None = None, started: float | None = None) -> None:
         """Fold sampled requests of one model version into its local part: one pass through the
         layers over all their rows (:func:`~scoring.engine.instrument.forward_batches`)."""
         batches = [batches] if isinstance(batches, EncodedBatch) else list(batches)
@@ -198,7 +202,8 @@ class HealthMonitor:
             widths = [h.shape[1] for h in hidden]
             entry = self._parts[key] = (model, Window(widths, [g.name for g in engine.manifest.groups]))
         absent = sum(absent_counts(engine, b) for b in batches)
-        entry[1].add(hidden, logit, absent, at or time.time(), requests=len(batches))
+        entry[1].add(hidden, logit, absent, at or time.time(), requests=len(batches),
+                     sum_sq=float(sum(b.n_ads ** 2 for b in batches)), started=started)
         lay = layout_key(engine)
         for b in batches:
             self._keep_recent(model.name, lay, b)

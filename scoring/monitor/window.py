@@ -24,6 +24,7 @@ from ..model.health import (
     LOGIT_BINS,
     LOGIT_RANGE,
     LayerMoments,
+    effective_requests,
     expected_fluctuation,
     psi,
 )
@@ -48,6 +49,7 @@ class Window:
     nonfinite: int = 0
     started: float = 0.0
     ended: float = 0.0
+    sum_sq: float = 0.0  # sum over requests of (rows of the request)^2: see ``effective_requests``
 
     def __post_init__(self) -> None:
         self.widths = [int(w) for w in self.widths]
@@ -63,7 +65,8 @@ class Window:
     # -- adding rows ----------------------------------------------------------------------------
 
     def add(self, hidden: Sequence[np.ndarray], logit: np.ndarray, absent: np.ndarray,
-            now: float, requests: int = 1) -> None:
+            now: float, requests: int = 1, sum_sq: float | None = None,
+            started: float | None = None) -> None:
         """Fold in the rows of ``requests`` requests: hidden outputs [rows, width] per layer, the
         rows' log-odds, and per group how many of the rows lack it."""
         logit = np.asarray(logit, dtype=np.float64)
@@ -82,9 +85,10 @@ class Window:
         self.bin_p += np.bincount(idx, weights=p, minlength=FINE_BINS)
         self.bin_pq += np.bincount(idx, weights=p * (1.0 - p), minlength=FINE_BINS)
         self.absent += absent
+        self.sum_sq += float(logit.size + n_bad) ** 2 if sum_sq is None else float(sum_sq)
         self.rows += int(logit.size)
         self.requests += requests
-        self.started = self.started or now
+        self.started = self.started or (started or now)
         self.ended = now
 
     def merge(self, other: "Window") -> None:
@@ -99,6 +103,7 @@ class Window:
         self.rows += other.rows
         self.requests += other.requests
         self.nonfinite += other.nonfinite
+        self.sum_sq += other.sum_sq
         starts = [t for t in (self.started, other.started) if t]
         self.started = min(starts) if starts else 0.0
         self.ended = max(self.ended, other.ended)
@@ -135,7 +140,7 @@ class Window:
         of numbers: the shared store reads and writes this every second per worker)."""
         return {"widths": self.widths, "groups": self.groups, "rows": self.rows,
                 "requests": self.requests, "nonfinite": self.nonfinite,
-                "started": self.started, "ended": self.ended,
+                "started": self.started, "ended": self.ended, "sum_sq": self.sum_sq,
                 "layers": [{"n": m.n, "mean": _enc(m.mean), "m2": _enc(m.m2), "zeros": _enc(m.zeros)}
                            for m in self.layers],
                 "bin_n": _enc(self.bin_n), "bin_p": _enc(self.bin_p), "bin_pq": _enc(self.bin_pq),
@@ -150,7 +155,7 @@ class Window:
                    _dec(doc["bin_n"], FINE_BINS), _dec(doc["bin_p"], FINE_BINS),
                    _dec(doc["bin_pq"], FINE_BINS), _dec(doc["absent"], len(doc["groups"])),
                    int(doc.get("nonfinite", 0)), float(doc.get("started", 0.0)),
-                   float(doc.get("ended", 0.0)))
+                   float(doc.get("ended", 0.0)), float(doc.get("sum_sq", 0.0)))
 
 
 def _enc(a: np.ndarray) -> str:
@@ -182,7 +187,7 @@ def summarize(w: Window, baseline: dict | None, reference: dict | None = None) -
             # a neuron constant on the reference rows has no scale: its shift counts in units of
             # the layer's mean sigma (or stays 0 when the whole layer was constant)
             scale = np.where(sd0 > 0, sd0, max(float(sd0.mean()), 0.0) or np.inf)
-            center = expected_for(base, w.requests)
+            center = expected_for(base, effective_requests(w.all_rows, w.sum_sq))
             entry["fluctuation_expected"] = center
             entry["fluctuation_ratio"] = m.fluctuation / center if center > 0 else None
             entry["mean_shift"] = float(np.sqrt(np.mean(((m.mean - mu0) / scale) ** 2)))
@@ -205,7 +210,7 @@ def summarize(w: Window, baseline: dict | None, reference: dict | None = None) -
     return out
 
 
-def expected_for(base_layer: dict, requests: int) -> float:
+def expected_for(base_layer: dict, requests: float) -> float:
     """The baseline's F_l for a window of ``requests`` requests: from its within- and
     between-request spreads when it has them (rows of one request are alike, so F_l grows with
     the number of requests a window holds), else its F_l as measured."""

@@ -129,3 +129,16 @@ def test_a_net_that_overflowed_on_warm_up_never_serves_unjudged(repo, gate):
     assert result.failed and "not a number on the warm-up requests" in result.failed[1]
     assert reg.get("ctr").version == "v1" and repo.is_rejected("ctr", "v2")
     assert np.isfinite(reg.get("ctr").scorer.score({}, [{}]).all())
+
+
+def test_a_held_version_that_passes_when_judged_again_is_promoted(repo):
+    a, b = worker(repo, hold={"v2"}), worker(repo)
+    install(repo, "v2")
+    a.sync_all()
+    assert "v2" in repo.state("ctr").held
+    a.gate.hold.clear()  # the traffic (or the limits) changed: it passes now
+    assert a.promote("ctr", "v2").live == "v2"
+    state = repo.state("ctr")
+    assert state.live == "v2" and not state.held and "v2" not in state.forced
+    b.sync_all()
+    assert b.get("ctr").version == "v2"

@@ -100,3 +100,22 @@ def test_variance_components_recover_the_two_spreads():
         sims = [rows(k)[0].std(axis=0).mean() for _ in range(200)]
         assert expected_fluctuation(np.sqrt(within), np.sqrt(between), k) == pytest.approx(
             np.mean(sims), rel=0.06)
+
+
+def test_unequal_requests_count_as_fewer():
+    """A window of one 5,000-ad request and fifty 10-ad ones varies like ~1.2 equal requests:
+    the expected F_l with the effective number matches simulated windows; with the plain count
+    (51) it would be far too high."""
+    from scoring.model.health import effective_requests, expected_fluctuation
+
+    rng = np.random.default_rng(8)
+    sizes = [5000] + [10] * 50
+    sims = []
+    for _ in range(300):
+        h = np.concatenate([rng.normal(0, 2, 2) + rng.normal(0, 1, (m, 2)) for m in sizes])
+        sims.append(h.std(axis=0).mean())
+    k = effective_requests(sum(sizes), sum(m * m for m in sizes))
+    assert k == pytest.approx(1.21, abs=0.01)
+    want = np.mean(sims)
+    assert expected_fluctuation(np.ones(2), np.full(2, 2.0), k) == pytest.approx(want, rel=0.12)
+    assert expected_fluctuation(np.ones(2), np.full(2, 2.0), len(sizes)) > 1.5 * want
