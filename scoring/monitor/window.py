@@ -233,7 +233,7 @@ def band_for(base_layer: dict, rows: int, window: int, ref_rows: int | None = No
     c = f if center is None else center  # the band's offsets around F_l, moved to ``center``
     ratio = window / max(rows, 1) + (window / ref_rows if ref_rows else 0.0)
     s = max(1.0, float(np.sqrt(ratio)))
-    return [float(c - (f - lo) * s), float(c + (hi - f) * s)]
+    return [max(0.0, float(c - (f - lo) * s)), float(c + (hi - f) * s)]  # F_l is never negative
 
 
 def reference_of(w: Window) -> dict[str, Any]:
