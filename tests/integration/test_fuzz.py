@@ -243,7 +243,13 @@ def test_hostile_paths_queries_and_headers_on_every_endpoint(fuzz_server):
                b"POST /v1/models/ctr/rollback?to=" + b"v" * 5000, b"POST /v1/models/ctr/rollback?from=..",
                b"POST /v1/models/ctr/rollback?to=v1&to=v2&from=%00", b"POST /v1/models/../../etc/passwd/reload",
                b"GET /readyz?x=%ff", b"GET /metrics?%%%", b"POST /v1/models/%ff/score", b"GET /v1/score",
-               b"POST /v1/models/ctr/score?x=\xff", b"GET /v1/models/ctr%2Fscore"]
+               b"POST /v1/models/ctr/score?x=\xff", b"GET /v1/models/ctr%2Fscore",
+               b"GET /v1/models/ctr/health?version=%ff%fe", b"GET /v1/models/ctr/health?version=..",
+               b"GET /v1/models/ctr/health?version=" + b"v" * 5000, b"GET /v1/models/%ff/health",
+               b"POST /v1/models/ctr/promote?version=%00&force=%ff",
+               b"POST /v1/models/ctr/promote?version=v1&force=1e400", b"POST /v1/models/ctr/promote",
+               b"POST /v1/models/ctr/promote?version=v9&version=v1&force=true",
+               b"GET /ui/models/%ff%fe", b"GET /ui?x=\xff", b"GET /ui/models/" + b"a" * 5000]
     headers = [auth, b"Authorization: Bearer \xff\xfe\r\n", b"Authorization: \xff\r\n",
                b"Content-Type: \xff/\xfe\r\n" + auth, b"Content-Type: application/json; charset=\xff\r\n"]
     statuses = []

@@ -128,3 +128,25 @@ def test_limits_are_configurable_and_checked():
         GateConfig.from_mapping({"kss": 0.1})
     with pytest.raises(ValueError, match=r"enabled: expected a boolean"):
         GateConfig.from_mapping({"enabled": 1})
+
+
+def test_a_damaged_reference_requests_file_falls_back_to_generated_requests(world, tmp_path):
+    """Raw-byte damage to health/requests.jsonl as it could arrive (checksums rewritten, so the
+    package loads): the gate names it in its notes and still judges, on generated requests."""
+    from scoring.model.baseline import REQUESTS
+    from scoring.model.checksums import format_checksums, md5_file, package_files
+
+    rng = np.random.default_rng(11)
+    good = (world["live_dir"] / REQUESTS).read_bytes()
+    damages = [good[: len(good) // 2], b"\xff\xfe" + good[2:], b"[" * 100_000, b'{"ads": 1}\n',
+               bytes(rng.integers(0, 256, 4000, dtype=np.uint8)), b'{"context": {"user_id": 1e400}, "ads": [{}]}\n']
+    for i, data in enumerate(damages):
+        pkg_dir = shutil.copytree(world["live_dir"], tmp_path / f"d{i}", copy_function=shutil.copy2)
+        (pkg_dir / REQUESTS).write_bytes(data)
+        (pkg_dir / "checksums.md5").write_text(format_checksums(
+            {name: md5_file(pkg_dir / name) for name in package_files(pkg_dir)}))
+        d = evaluate(Engine(load_package(pkg_dir)), None, [], GateConfig(), version="v1")
+        assert d.stats["rows"] >= GateConfig().min_rows, (i, d.notes)
+        assert d.sources["generated"] > 0 or d.sources["reference"] > 0, i
+        if d.sources["generated"]:
+            assert d.notes, i  # why the reference requests were not used
