@@ -407,6 +407,7 @@ class SwapGate:
             current.scorer, "package", None) is not None else None
         samples = []
         if self.monitor is not None and live is not None:
+            self.monitor.drain(flush=False)  # the samples still queued count too
             samples = self.monitor.recent(candidate.name, layout_key(live))
         decision = evaluate(engine, live, samples, config, version=candidate.version,
                             live_version=current.version if current is not None else None)

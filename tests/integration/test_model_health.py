@@ -128,6 +128,8 @@ def test_the_guarded_swap_holds_broken_versions_and_an_admin_can_override(tmp_pa
     env = {"CTR_HEALTH_SAMPLE_RATE": "1", "CTR_GATE": "{}"}
     with Server(repo, tmp_path / "log", env=env).wait() as server:
         send(server, requests_for(built["pkg"], 40, seed=9))  # live samples for the gate
+        wait(lambda: server.client.get("/v1/models/ctr/health").json()["sampling"]["sampled"] == 40,
+             "40 sampled requests")
         install(repo, built["v2"], "v2")  # last-layer bias +2
         model = wait(lambda: (lambda d: d if "v2" in d.get("held", {}) else None)(
             server.client.get("/v1/models/ctr").json()), "v2 held")
