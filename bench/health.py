@@ -4,7 +4,8 @@
 
 1. **Overhead.** ``ctr-serve`` on the demo model (one core, ``taskset -c 0``; wrk on the other,
    8 connections, 100-ad bodies as in ``bench.http``) with health sampling off, at 1 % and at
-   10 %: maximum throughput, measured in interleaved rounds (off, 1 %, 10 %, off, ...) so drift of
+   10 %: maximum throughput, then p99 under an open-loop load at half the first maximum (the same
+   rate for every setting), measured in interleaved rounds (off, 1 %, 10 %, off, ...) so drift of
    a shared machine hits every setting alike; the median of the rounds is reported. Target: 1 %
    within 3 % of off.
 2. **The guarded swap.** In process: the demo model live and an identical candidate, judged on
@@ -32,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from .engine import RESULTS, cpu_model  # noqa: E402
 from .http import demo_repo, free_port, make_bodies, start, stop  # noqa: E402
-from .loadgen import pin, wrk  # noqa: E402
+from .loadgen import http_request, open_loop, pin, wrk  # noqa: E402
 
 RATES = (0.0, 0.01, 0.1)
 
@@ -41,6 +42,8 @@ def overhead(package_dir: Path, bodies: list[bytes], rounds: int, seconds: float
     server_cpu, client_cpu = (0, 1) if (os.cpu_count() or 1) > 1 else (None, None)
     pin(client_cpu)
     runs: dict[float, list[float]] = {r: [] for r in RATES}
+    p99: dict[float, list[float]] = {r: [] for r in RATES}
+    rate_for_latency = None
     for _ in range(rounds):
         for rate in RATES:
             port = free_port()
@@ -53,13 +56,22 @@ def overhead(package_dir: Path, bodies: list[bytes], rounds: int, seconds: float
                 wrk(url, "/v1/score", bodies, seconds=2, cpu=client_cpu)  # warm
                 runs[rate].append(wrk(url, "/v1/score", bodies, seconds=seconds,
                                       cpu=client_cpu).requests_per_s)
+                # latency at half the first maximum with sampling off, the same rate for all
+                rate_for_latency = rate_for_latency or 0.5 * runs[0.0][0]
+                reqs = [http_request("127.0.0.1", port, "/v1/score", b) for b in bodies]
+                res = open_loop("127.0.0.1", port, reqs, rate=rate_for_latency, seconds=seconds)
+                p99[rate].append(float(res.percentiles()["p99"]))
             finally:
                 stop(proc)
     med = {r: statistics.median(v) for r, v in runs.items()}
+    lat = {r: statistics.median(v) for r, v in p99.items()}
     return {"rounds": rounds, "seconds": seconds,
             "rps": {f"{r:g}": [round(x, 1) for x in v] for r, v in runs.items()},
             "median_rps": {f"{r:g}": round(v, 1) for r, v in med.items()},
-            "ratio_1pct": round(med[0.01] / med[0.0], 4), "ratio_10pct": round(med[0.1] / med[0.0], 4)}
+            "ratio_1pct": round(med[0.01] / med[0.0], 4), "ratio_10pct": round(med[0.1] / med[0.0], 4),
+            "latency_rate": round(rate_for_latency or 0.0, 1),
+            "p99_ms": {f"{r:g}": [round(x, 3) for x in v] for r, v in p99.items()},
+            "median_p99_ms": {f"{r:g}": round(v, 3) for r, v in lat.items()}}
 
 
 def gate_cost(package_dir: Path, n_requests: int) -> dict:
@@ -135,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
     package_dir = demo_repo(RESULTS / "http-repo")
     _, bodies = make_bodies(package_dir)
     out = {"cpu": cpu_model(), "quick": args.quick}
-    out["overhead"] = overhead(package_dir, bodies, rounds=2 if args.quick else 5,
+    out["overhead"] = overhead(package_dir, bodies, rounds=args.rounds or (2 if args.quick else 5),
                                seconds=3 if args.quick else 8)
     out["gate"] = gate_cost(package_dir, 2000)
     out["drift"] = drift(package_dir, 2 if args.quick else 4, 20_000)
@@ -151,6 +163,9 @@ def report(r: dict) -> str:
         lines.append(f"  rate {rate:>5}: {v:9.1f} req/s   runs {o['rps'][rate]}")
     lines.append(f"  1% / off = {o['ratio_1pct']:.3f}   10% / off = {o['ratio_10pct']:.3f}   "
                  f"(target 1% >= 0.97: {'met' if r['targets']['sampling at 1% within 3% of off'] else 'MISSED'})")
+    lines.append(f"  p99 at {o['latency_rate']} req/s (open loop, half the maximum), median of the rounds:")
+    for rate, v in o["median_p99_ms"].items():
+        lines.append(f"  rate {rate:>5}: p99 {v:.3f} ms   runs {[float(x) for x in o['p99_ms'][rate]]}")
     lines += ["", "Guarded swap, seconds per swap (demo model, identical candidate):"]
     for k, v in r["gate"].items():
         lines.append(f"  {k:>20}: {v['seconds']:.3f} s on {v['rows']} rows, passed={v['passed']}")
@@ -171,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 3 s, 2 windows per phase")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved overhead rounds (default 5; 2 with --quick)")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     return run_and_report(run, report, args, "health")

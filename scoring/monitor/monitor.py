@@ -39,7 +39,7 @@ VERSIONS_KEPT = 4       # model versions whose windows are kept, per model
 FLUSH_SECONDS = 1.0
 FLUSH_ROWS = 4000
 CHUNK_ROWS = 4096       # rows per pass through the layers
-POLL = 0.25             # seconds between the monitor's looks at its queue
+POLL = 1.0              # seconds between the monitor's looks at its queue
 ALARMS_KEPT = 50
 
 
