@@ -31,7 +31,7 @@ from .window import Window, reference_of, summarize
 log = logging.getLogger(__name__)
 
 RATE = 0.01
-QUEUE = 256
+QUEUE = 1024           # a second of samples at 10% of 3,000 req/s, with room
 QUEUE_ROWS = 100_000    # rows waiting at most (requests may carry thousands of ads)
 RECENT = 2000
 RECENT_ROWS = 60_000    # rows kept for the guarded swap (it scores at most 20,000 by default)

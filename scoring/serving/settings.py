@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     health_window: int = Field(20_000, ge=100)
     """Rows (request x ad) per health window; statistics and alarms are per window."""
 
-    health_queue: int = Field(256, ge=1)
+    health_queue: int = Field(1024, ge=1)
     """Sampled requests waiting for the monitor at most; more are dropped (and counted)."""
 
     health_dir: Path | None = None
