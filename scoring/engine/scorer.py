@@ -22,6 +22,7 @@ from ..model.package import TABLE_NUMPY_DTYPES, ModelPackage
 from ..model.quantize import bf16_values
 from . import jsonscan, kernels
 from .codegen import target_has
+from .explain import Explainer, Explanation
 from .features import EncodedBatch, FeatureLayout
 
 # called with (engine, batch, copy) for a request the health monitor samples; ``copy``: the
@@ -214,6 +215,7 @@ class Engine:
         self.width = max([self.w_ad.shape[0], self.out0] + [w.shape[1] for w in rest_w])
         self._pool: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
         self._scan_pool: queue.SimpleQueue[_ScanBuffers] = queue.SimpleQueue()
+        self.explainer = Explainer(self)  # POST .../explain: exact per-ad attributions
         self.warm_seconds = 0.0
         self.warm_nonfinite = False  # the net overflowed on a warm-up request
         if warm:
@@ -258,6 +260,11 @@ class Engine:
         if keep is not None:
             keep(self, batch, False)
         return out
+
+    def explain(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> Explanation:
+        """Per-ad logit, pCTR and per-group attributions (:mod:`scoring.engine.explain`);
+        raises ``InvalidRequest`` naming a bad field, ``NonFiniteOutput`` on an overflow."""
+        return self.explainer.explain(context, ads)
 
     def score_encoded(self, batch: EncodedBatch) -> np.ndarray:
         out = np.empty(batch.n_ads, dtype=np.float32)
@@ -389,6 +396,10 @@ class Engine:
                 self.score(ctx, ads)
             except NonFiniteOutput:
                 self.warm_nonfinite = True
+            try:
+                self.explain(ctx, ads)
+            except NonFiniteOutput:
+                pass
             if not self.manifest.dense_dim:  # the compiled body scanner the service tries first
                 body = orjson.dumps({"request_id": "warm-up", "context": ctx, "ads": ads})
                 try:

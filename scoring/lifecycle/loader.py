@@ -39,10 +39,16 @@ class LiveModel:
     warm_seconds: float = 0.0
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "kind": self.kind, "state": "live",
-                "md5": self.md5, "loaded_at": _iso(self.loaded_at), "path": self.path,
-                "bytes": self.nbytes, "load_seconds": round(self.load_seconds, 3),
-                "warm_seconds": round(self.warm_seconds, 3)}
+        out = {"name": self.name, "version": self.version, "kind": self.kind, "state": "live",
+               "md5": self.md5, "loaded_at": _iso(self.loaded_at), "path": self.path,
+               "bytes": self.nbytes, "load_seconds": round(self.load_seconds, 3),
+               "warm_seconds": round(self.warm_seconds, 3)}
+        manifest = getattr(self.scorer, "manifest", None)
+        if manifest is not None:  # what a request to this model carries (the explain form uses it)
+            out["inputs"] = {"groups": [{"name": g.name, "side": g.side, "dim": g.dim,
+                                         "pooling": g.pooling} for g in manifest.groups],
+                             "dense_dim": manifest.dense_dim}
+        return out
 
 
 def load_native(name: str, version: str, path: str) -> LiveModel:

@@ -24,9 +24,9 @@ from ..errors import ScoringError
 from ..lifecycle.registry import Registry
 from .auth import AdminAuth
 from .dataplane import DataPlane, DefaultRoute
-from .fastpath import ScoreFastPath
+from .fastpath import ScoreFastPath, check_content_type, check_length, too_large
 from .metrics import Metrics
-from .openapi import ADMIN_DOC, JSON, error_doc, install_openapi
+from .openapi import ADMIN_DOC, EXPLAIN_DOC, JSON, error_doc, install_openapi
 from .schemas import error_json, openapi_components
 from .settings import Settings
 from .ui import install_ui
@@ -67,6 +67,7 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
     plane = DataPlane(settings, registry, metrics, default_route, monitor=monitor)
     admin = AdminAuth(settings.admin_token.get_secret_value() if settings.admin_token else None)
     max_body = settings.max_body_bytes
+    explain_public = settings.explain_public
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -141,6 +142,29 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
     def model_health(name: str, version: str | None = Query(
             None, description="a version (default: the live one)")) -> Response:
         return json_response(plane.health(name, version))
+
+    @app.post("/v1/models/{name}/explain", summary="Per-ad attributions: each feature group's "
+              "influence and contribution to the logit (admin unless CTR_EXPLAIN_PUBLIC)",
+              description="Same body as score, at most 100 ads. Per ad: `pctr`, `logit`, "
+              "`remainder` and per group `influence` (L2 norm of d pCTR / d x over the group's "
+              "slice of the MLP input) and `contribution` (sum over the slice of x * d logit / "
+              "d x); the contributions plus the remainder add up to the logit (docs/insight.md).",
+              openapi_extra=EXPLAIN_DOC,
+              responses={404: error_doc("Unknown model"), 413: error_doc("More than 100 ads"),
+                         422: error_doc("Invalid body, or a model the engine does not run"),
+                         **{k: v for k, v in ADMIN_DOC["responses"].items() if k in (401, 403)}})
+    async def explain(name: str, request: Request) -> Response:
+        if not explain_public:
+            admin(request)
+        check_content_type(request.headers.get("content-type"))
+        check_length(request.headers.get("content-length"), max_body)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise too_large(max_body)
+            chunks.append(chunk)
+        return Response(plane.explain(b"".join(chunks), name), media_type="application/json")
 
     install_ui(app, plane)
 

@@ -26,6 +26,7 @@ from .settings import Settings
 _DUMPS = orjson.dumps
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _UNKNOWN = "-"
+MAX_EXPLAIN_ADS = 100  # contract: an explain request carries at most 100 ads
 
 # chooses the model of ``POST /v1/score`` from the decoded request (experiments plug in here)
 DefaultRoute = Callable[[Any], LiveModel]
@@ -42,6 +43,7 @@ class DataPlane:
         self.max_ads = settings.max_ads
         self.decoder = ScoreDecoder(settings.max_values_per_group)
         self.max_values = settings.max_values_per_group
+        self.max_explain_ads = min(MAX_EXPLAIN_ADS, settings.max_ads)
         self.default_route: DefaultRoute = default_route or (lambda request: registry.default())
         self._plain_default = default_route is None  # no experiment: the model is known up front
         self.health_monitor = monitor  # scoring.monitor.HealthMonitor (windows, health answers)
@@ -108,6 +110,33 @@ class DataPlane:
         metrics.count_request(model.name, model.version, 200)
         metrics.observe(model.name, time.perf_counter() - t0, len(ads))
         return out
+
+    def explain(self, body: bytes, name: str) -> bytes:
+        """``POST /v1/models/{name}/explain``: per ad, the pCTR, the logit and each group's
+        influence and contribution (:mod:`scoring.engine.explain`); JSON bytes."""
+        status = 500
+        try:
+            model = self.registry.get(name)
+            explain = getattr(model.scorer, "explain", None)
+            request = self.decoder.decode(body)
+            ads = request.ads
+            if len(ads) > self.max_explain_ads:
+                raise PayloadTooLarge(f"ads: {len(ads)} ads, more than {self.max_explain_ads} in one "
+                                      "explain request; split the batch")
+            if explain is None:
+                raise InvalidRequest(f"model {name!r} is served by {model.kind}; explain needs a "
+                                     "model the service's own engine runs")
+            result = explain(request.context, ads)
+            out = _DUMPS({"model": model.name, "version": model.version,
+                          "request_id": request.request_id, "ads": result.to_json()})
+            status = 200
+            return out
+        except ScoringError as exc:
+            status = exc.status_code
+            raise
+        finally:
+            self.metrics.explains.labels(name if name in self.registry.names() else _UNKNOWN,
+                                         str(status)).inc()
 
     def _default_or_none(self) -> LiveModel | None:
         """The default model, or None to let the ordinary path raise the right error after

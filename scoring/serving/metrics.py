@@ -50,6 +50,8 @@ class Metrics:
                                multiprocess_mode="livesum")
         self.loads = Counter("ctr_model_loads", "Model version loads by result (ok, failed)",
                              ["model", "result"], registry=r)
+        self.explains = Counter("ctr_explain_requests", "Explain requests by model and HTTP status",
+                                ["model", "status"], registry=r)
         self.swaps = Counter("ctr_model_swaps", "Times a new version went live", ["model"], registry=r)
         self.load_seconds = Histogram("ctr_model_load_seconds",
                                       "Time to validate, load and warm a model version", ["model"],

@@ -39,6 +39,20 @@ SCORE_RESPONSES = {
 }
 
 
+EXPLAIN_EXAMPLE = {"model": "ctr", "version": "20261122.1", "request_id": "r-1", "ads": [
+    {"pctr": 0.0132, "logit": -4.314, "remainder": -3.9, "bias": -3.9,
+     "groups": {"user_id": {"influence": 0.0021, "contribution": -0.52},
+                "ad_id": {"influence": 0.0009, "contribution": 0.106}}}]}
+EXPLAIN_DOC = {
+    "requestBody": {"required": True, "content": {JSON: {
+        "schema": {"$ref": "#/components/schemas/ScoreRequest"}, "example": SCORE_EXAMPLE}}},
+    "responses": {"200": {"description": "Per ad: pCTR, logit, the remainder (biases through the "
+                                         "ReLU masks, plus dense features) and per group its "
+                                         "influence and contribution",
+                          "content": {JSON: {"example": EXPLAIN_EXAMPLE}}}},
+}
+
+
 def score_operation(named: bool) -> dict[str, Any]:
     """OpenAPI for a score endpoint (answered by :class:`ScoreFastPath`, not a FastAPI route)."""
     op: dict[str, Any] = {

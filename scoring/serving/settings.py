@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     """Bearer token for the admin endpoints (reload, rollback); unset disables them (403)."""
 
+    explain_public: bool = False
+    """Serve ``POST /v1/models/{name}/explain`` without the admin token (it costs about 2.5x a
+    score per ad and shows how the model weighs each feature group)."""
+
     max_ads: int = Field(2000, ge=1)
     """Most ads one score request may carry; more answers 413."""
 

@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 from .server import Server, install_model
 
 MAX_VALUES = 10
-PATHS = {"plain": "/v1/models/plain/score", "ctr": "/v1/models/ctr/score"}
+PATHS = {"plain": "/v1/models/plain/score", "ctr": "/v1/models/ctr/score",
+         "plain-explain": "/v1/models/plain/explain", "ctr-explain": "/v1/models/ctr/explain"}
+MODELS = list(PATHS)
 
 # numbers, strings and shapes that have broken JSON decoders somewhere
 EXTREME_NUMBERS = [b"1e400", b"-1e400", b"1e-400", b"-0", b"-0.0", b"18446744073709551616",
@@ -122,10 +124,19 @@ def fuzz_server(tmp_path_factory):
 
 
 def _check(server: Server, path: str, content: bytes) -> int:
-    r = server.client.post(path, content=content, headers={"content-type": "application/json"})
+    from .server import ADMIN_TOKEN
+
+    r = server.client.post(path, content=content, headers={
+        "content-type": "application/json", "authorization": f"Bearer {ADMIN_TOKEN}"})
     assert r.status_code < 500, (content[:300], r.text, server.log())
     body = r.json()
-    if r.status_code == 200:
+    if r.status_code == 200 and path.endswith("/explain"):
+        assert isinstance(body["ads"], list) and body["version"] in ("v1", "p1")
+        for ad in body["ads"]:
+            assert 0.0 <= ad["pctr"] <= 1.0 and isinstance(ad["logit"], float), ad
+            total = sum(g["contribution"] for g in ad["groups"].values()) + ad["remainder"]
+            assert abs(total - ad["logit"]) <= 1e-5 * max(1.0, abs(ad["logit"])), ad
+    elif r.status_code == 200:
         assert isinstance(body["scores"], list) and body["version"] in ("v1", "p1")
         assert all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in body["scores"]), body
     else:
@@ -139,22 +150,23 @@ def _no_crash_logged(server: Server) -> None:
     assert "Traceback" not in log and "unexpected error" not in log, log[-4000:]
 
 
-@pytest.mark.parametrize("model", ["plain", "ctr"])
+@pytest.mark.parametrize("model", MODELS)
 def test_hand_written_edge_cases(fuzz_server, model):
     statuses = [_check(fuzz_server, PATHS[model], body) for body in HAND_WRITTEN]
     assert statuses.count(400) >= 5 and statuses.count(422) >= 5, statuses
     _no_crash_logged(fuzz_server)
 
 
-@pytest.mark.parametrize("model", ["plain", "ctr"])
+@pytest.mark.parametrize("model", MODELS)
 def test_byte_mutations_of_valid_bodies(fuzz_server, model):
     rng = random.Random(f"mutations-{model}")
-    dense = model == "ctr"
+    dense = model.startswith("ctr")
+    explain = model.endswith("explain")
     seen: dict[int, int] = {}
-    for size in (0, 1, 3, 20, 100, 600):
+    for size in (0, 1, 3, 20, 100) if explain else (0, 1, 3, 20, 100, 600):
         base = valid_body(rng, size, dense)
         assert _check(fuzz_server, PATHS[model], base) == 200
-        for _ in range(260 if size < 600 else 40):
+        for _ in range(160 if explain else 260 if size < 600 else 40):
             body = base
             for _ in range(rng.choice([1, 1, 1, 2, 4])):
                 body = mutate(body, rng)
@@ -199,14 +211,14 @@ bodies = near_valid | st.fixed_dictionaries({}, optional={
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
-@given(body=bodies, model=st.sampled_from(["plain", "ctr", None]))
+@given(body=bodies, model=st.sampled_from([*MODELS, None]))
 def test_random_documents_never_5xx(fuzz_server, body, model):
     _check(fuzz_server, PATHS[model] if model else "/v1/score", json.dumps(body).encode())
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=st.binary(max_size=64) | st.text(max_size=40).map(lambda s: s.encode("utf-8", "surrogatepass")),
-       model=st.sampled_from(["plain", "ctr"]))
+       model=st.sampled_from(MODELS))
 def test_random_bytes_never_5xx(fuzz_server, raw, model):
     _check(fuzz_server, PATHS[model], raw)
 
@@ -249,7 +261,9 @@ def test_hostile_paths_queries_and_headers_on_every_endpoint(fuzz_server):
                b"POST /v1/models/ctr/promote?version=%00&force=%ff",
                b"POST /v1/models/ctr/promote?version=v1&force=1e400", b"POST /v1/models/ctr/promote",
                b"POST /v1/models/ctr/promote?version=v9&version=v1&force=true",
-               b"GET /ui/models/%ff%fe", b"GET /ui?x=\xff", b"GET /ui/models/" + b"a" * 5000]
+               b"GET /ui/models/%ff%fe", b"GET /ui?x=\xff", b"GET /ui/models/" + b"a" * 5000,
+               b"POST /v1/models/%ff/explain", b"POST /v1/models/ctr/explain?x=\xff",
+               b"GET /v1/models/ctr/explain", b"POST /v1/models/" + b"a" * 5000 + b"/explain"]
     headers = [auth, b"Authorization: Bearer \xff\xfe\r\n", b"Authorization: \xff\r\n",
                b"Content-Type: \xff/\xfe\r\n" + auth, b"Content-Type: application/json; charset=\xff\r\n"]
     statuses = []

@@ -67,7 +67,8 @@ def served(tmp_path_factory):
     repo = root / "repo"
     (repo / "ctr").mkdir(parents=True)
     install(repo, write(root / "v1", "v1", None, reference), "v1")
-    env = {"CTR_HEALTH_SAMPLE_RATE": "1", "CTR_HEALTH_WINDOW": "400", "CTR_GATE": "{}"}
+    env = {"CTR_HEALTH_SAMPLE_RATE": "1", "CTR_HEALTH_WINDOW": "400", "CTR_GATE": "{}",
+           "CTR_EXPLAIN_PUBLIC": "true"}
     with Server(repo, root / "log", env=env).wait() as server:
         for k in range(4):  # one window at a time (the monitor hands its rows over each second)
             send(server, requests_for(pkg, 8, seed=30 + k))
@@ -102,10 +103,24 @@ def test_the_page_renders_models_health_and_swaps_in_chromium(served):
     assert '<body data-loaded="1">' in html
 
 
+def test_the_explain_form_posts_the_sample_and_draws_the_contributions(served):
+    """``#explain`` runs the form's sample request (built from the model's groups) on load."""
+    server, _ = served
+    html = run_chromium("--dump-dom", f"{server.url}/ui/models/ctr#explain")
+    dom = Dom()
+    dom.feed(html)
+    assert '<span id="explain-error" class="err"></span>' in html
+    assert "explain-chart" in dom.ids and 'data-explained="1"' in html
+    bars = {a["data-group"] for t, a in dom.tags if t == "rect" and a.get("class") == "contribution-bar"}
+    model = server.client.get("/v1/models/ctr").json()
+    assert bars == {g["name"] for g in model["inputs"]["groups"]} | {"(remainder)"}
+    assert sum(t == "tr" and "data-ad" in a for t, a in dom.tags) == 3
+
+
 def test_a_screenshot_of_the_page(served):
     server, root = served
     shot = root / "ui.png"
-    run_chromium(f"--screenshot={shot}", "--window-size=1280,1500", f"{server.url}/ui/models/ctr")
+    run_chromium(f"--screenshot={shot}", "--window-size=1280,1900", f"{server.url}/ui/models/ctr#explain")
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     if os.environ.get("UPDATE_UI_SCREENSHOT") == "1":

@@ -1,0 +1,328 @@
+"""Exact per-ad attributions: the gradient of the logit with respect to the MLP input, by one
+backward pass through the ReLU masks the forward pass recorded (``POST .../explain``).
+
+A ReLU MLP is piecewise linear: on the region of input space where every ReLU keeps its on/off
+state, ``logit(x) = x . g + r`` with ``g = d logit / d x`` and ``r`` the biases carried through the
+same masks, ``r = sum_l b_l . delta_l`` (``delta_l = d logit / d z_l``, the gradient at layer l's
+pre-activation). So the per-group **contributions** ``sum over the group's slice of x_k g_k`` plus
+the **remainder** (``r`` plus the dense features' contribution) add up to the logit exactly; the
+kernel computes ``r`` from the biases, not as a difference, so the identity is a check of the
+backward pass (docs/insight.md). The seed's **influence** of a group is the L2 norm of
+``d pCTR / d x = p (1 - p) g`` over its slice.
+
+The pass runs on the engine's own tables and weights (bf16-rounded for a bf16 model) with float32
+activations: for a bf16 model the logit here can differ from the score path's in the last bits
+of the activations' rounding. It reuses the score path's compiled layer kernels: forward as
+usual, keeping every hidden layer's output; backward as the same dense kernels over the
+transposed weights (``delta @ W^T``), laid out once at load. Nothing is allocated in the kernel;
+scratch comes from a pool, as for scoring.
+"""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+from numba import njit
+
+from . import kernels
+from .config import CACHE, FASTMATH
+from .features import EncodedBatch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scorer import Engine
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _relu_grad(h, act, v):
+    """``v`` times the derivative of the activation whose output is ``h`` (ReLU: 0 where off)."""
+    if act == kernels.ACT_RELU:
+        return v if h > 0.0 else np.float32(0.0)
+    return v
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
+def explain_rows(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids,
+                 ad_keys, ad_lens, dense, dense_col, n_ads, x_ctx, c, b0, w_ad, act0, params,
+                 layers, wt_ctx, wt_ad, tparams, tlayers, zeros, ctx_cols, ctx_dims, xa, hs, da,
+                 db, g_ctx, g_ad, counts, small_batch, idx, vals, logit, bias_part, contrib,
+                 sqnorm):
+    """Forward and backward pass for ``n_ads`` ads, ``xa.shape[0]`` at a time.
+
+    ``x_ctx``/``c``: the pooled context and layer 1's context part (``kernels.context_bias``).
+    ``layers`` rows: (weight offset, in, out, bias offset, activation) of every layer after the
+    first, the last being the output layer (one output; its sigmoid is left out: the logit).
+    ``tlayers[j]``: (offset in ``tparams``, out, in) of layer j's weights transposed.
+    Writes per ad: ``logit``; ``bias_part`` = sum over layers of bias . delta; and per input slot
+    (context groups, then ad groups, then the dense features as one slot) ``contrib`` = sum of
+    x * d logit / d x and ``sqnorm`` = sum of (d logit / d x)^2 over the slot's columns."""
+    chunk = xa.shape[0]
+    n_slots = ad_buckets.shape[0]
+    n_ctx = ctx_cols.shape[0]
+    dense_dim = dense.shape[1]
+    ad_w = w_ad.shape[0]
+    ctx_w = wt_ctx.shape[1]
+    out0 = w_ad.shape[1]
+    n_layers = layers.shape[0]          # layers after the first; the last one is the output
+    n_hidden = n_layers                 # hidden outputs hs[0 .. n_hidden - 1]
+    e = 0
+    v = 0
+    for row0 in range(0, n_ads, chunk):
+        n = min(chunk, n_ads - row0)
+        e, v = kernels.pool_embeddings(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean,
+                                       ad_cols, ad_dims, ad_ids, ad_keys, ad_lens, n_slots, row0, n,
+                                       e, v, xa, counts)
+        for r in range(n):
+            for d in range(dense_dim):
+                xa[r, dense_col + d] = dense[row0 + r, d]
+        # forward, keeping every hidden output
+        kernels.dense_layer(xa, n, ad_w, w_ad, c[0], hs[0], act0, small_batch, idx, vals)
+        for li in range(n_layers - 1):
+            wo = layers[li, 0]
+            k_in = layers[li, 1]
+            n_out = layers[li, 2]
+            bo = layers[li, 3]
+            w = params[wo:wo + k_in * n_out].reshape((k_in, n_out))
+            kernels.dense_layer(hs[li], n, k_in, w, params[bo:bo + n_out], hs[li + 1],
+                                layers[li, 4], small_batch, idx, vals)
+        wo = layers[n_layers - 1, 0]
+        k_last = layers[n_layers - 1, 1]
+        b_out = params[layers[n_layers - 1, 3]]
+        last = hs[n_hidden - 1]
+        act_last = act0 if n_hidden == 1 else layers[n_hidden - 2, 4]
+        for r in range(n):
+            z = np.float64(b_out)
+            for k in range(k_last):
+                z += last[r, k] * params[wo + k]
+            logit[row0 + r] = z
+            bias_part[row0 + r] = b_out
+            for k in range(k_last):
+                da[r, k] = _relu_grad(last[r, k], act_last, params[wo + k])
+        # backward: da holds delta of hidden output j (at its pre-activation)
+        cur_a = True
+        for j in range(n_hidden - 1, -1, -1):
+            cur = da if cur_a else db
+            nxt = db if cur_a else da
+            width = out0 if j == 0 else layers[j - 1, 2]
+            for r in range(n):  # the bias of the layer that made hidden output j
+                z = 0.0
+                if j == 0:
+                    for k in range(width):
+                        z += b0[k] * cur[r, k]
+                else:
+                    bo = layers[j - 1, 3]
+                    for k in range(width):
+                        z += params[bo + k] * cur[r, k]
+                bias_part[row0 + r] += z
+            if j == 0:
+                break
+            to = tlayers[j - 1, 0]
+            t_in = tlayers[j - 1, 1]
+            t_out = tlayers[j - 1, 2]
+            wt = tparams[to:to + t_in * t_out].reshape((t_in, t_out))
+            kernels.dense_layer(cur, n, t_in, wt, zeros, nxt, kernels.ACT_NONE, small_batch, idx,
+                                vals)
+            prev = hs[j - 1]
+            act_prev = act0 if j == 1 else layers[j - 2, 4]
+            for r in range(n):
+                for k in range(t_out):
+                    nxt[r, k] = _relu_grad(prev[r, k], act_prev, nxt[r, k])
+            cur_a = not cur_a
+        delta0 = da if cur_a else db
+        # the input gradient, split as layer 1 is: ad columns and context columns
+        kernels.dense_layer(delta0, n, out0, wt_ad, zeros, g_ad, kernels.ACT_NONE, small_batch,
+                            idx, vals)
+        if ctx_w > 0:
+            kernels.dense_layer(delta0, n, out0, wt_ctx, zeros, g_ctx, kernels.ACT_NONE,
+                                small_batch, idx, vals)
+        for r in range(n):
+            row = row0 + r
+            for q in range(n_ctx):
+                cs = 0.0
+                qs = 0.0
+                for k in range(ctx_cols[q], ctx_cols[q] + ctx_dims[q]):
+                    gk = np.float64(g_ctx[r, k])
+                    cs += x_ctx[0, k] * gk
+                    qs += gk * gk
+                contrib[row, q] = cs
+                sqnorm[row, q] = qs
+            for q in range(n_slots):
+                cs = 0.0
+                qs = 0.0
+                for k in range(ad_cols[q], ad_cols[q] + ad_dims[q]):
+                    gk = np.float64(g_ad[r, k])
+                    cs += xa[r, k] * gk
+                    qs += gk * gk
+                contrib[row, n_ctx + q] = cs
+                sqnorm[row, n_ctx + q] = qs
+            cs = 0.0
+            qs = 0.0
+            for k in range(dense_col, dense_col + dense_dim):
+                gk = np.float64(g_ad[r, k])
+                cs += xa[r, k] * gk
+                qs += gk * gk
+            contrib[row, n_ctx + n_slots] = cs
+            sqnorm[row, n_ctx + n_slots] = qs
+
+
+@dataclass
+class Explanation:
+    """Per-ad attributions of one request, groups in the manifest's order."""
+
+    groups: list[str]
+    logit: np.ndarray          # float64 [n]
+    pctr: np.ndarray           # float64 [n]
+    contribution: np.ndarray   # float64 [n, groups]
+    influence: np.ndarray      # float64 [n, groups]: L2 norm of d pCTR / d x over the slice
+    gradient_norm: np.ndarray  # float64 [n, groups]: L2 norm of d logit / d x over the slice
+    bias: np.ndarray           # float64 [n]: sum over layers of bias . delta
+    dense_contribution: np.ndarray | None  # float64 [n] (models with dense features)
+    dense_influence: np.ndarray | None
+
+    @property
+    def remainder(self) -> np.ndarray:
+        """What the groups do not account for: the biases' path plus the dense features."""
+        return self.bias + (self.dense_contribution if self.dense_contribution is not None else 0.0)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """The contract's ``ads`` list (``POST /v1/models/{name}/explain``)."""
+        out = []
+        names = self.groups
+        logit = self.logit.tolist()
+        pctr = self.pctr.tolist()
+        rem = self.remainder.tolist()
+        bias = self.bias.tolist()
+        contrib = self.contribution.tolist()
+        infl = self.influence.tolist()
+        dense_c = self.dense_contribution.tolist() if self.dense_contribution is not None else None
+        dense_i = self.dense_influence.tolist() if self.dense_influence is not None else None
+        for a in range(len(logit)):
+            ca, ia = contrib[a], infl[a]
+            ad = {"pctr": pctr[a], "logit": logit[a], "remainder": rem[a], "bias": bias[a],
+                  "groups": {g: {"influence": ia[i], "contribution": ca[i]}
+                             for i, g in enumerate(names)}}
+            if dense_c is not None:
+                ad["dense"] = {"influence": dense_i[a], "contribution": dense_c[a]}
+            out.append(ad)
+        return out
+
+
+@dataclass
+class _Scratch:
+    x_ctx: np.ndarray
+    ctx_counts: np.ndarray
+    c: np.ndarray
+    xa: np.ndarray
+    hs: np.ndarray
+    da: np.ndarray
+    db: np.ndarray
+    g_ctx: np.ndarray
+    g_ad: np.ndarray
+    counts: np.ndarray
+    idx: np.ndarray
+    vals: np.ndarray
+
+
+class Explainer:
+    """The engine's explain pass: transposed weights laid out once, scratch pooled."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+        layers = engine.layers
+        rest = [engine.params[wo:wo + k * n].reshape(k, n) for wo, k, n, _, _ in layers.tolist()]
+        # every hidden layer after the first, transposed ([out, in]); the output layer is not
+        pieces, table, offset = [], [], 0
+        for w in rest[:-1]:
+            flat = np.ascontiguousarray(w.T).reshape(-1)
+            pad = (-flat.size) % 16
+            pieces.append(np.concatenate([flat, np.zeros(pad, np.float32)]))
+            table.append([offset, w.shape[1], w.shape[0]])
+            offset += flat.size + pad
+        self.tparams = np.concatenate(pieces) if pieces else np.zeros(16, np.float32)
+        self.tlayers = np.array(table, dtype=np.int64).reshape(-1, 3)
+        if not table:
+            self.tlayers = np.zeros((1, 3), dtype=np.int64)
+        self.wt_ad = np.ascontiguousarray(engine.w_ad.T)
+        self.wt_ctx = np.ascontiguousarray(engine.w_ctx.T) if engine.w_ctx.shape[0] \
+            else np.zeros((engine.out0, 0), np.float32)
+        self.n_hidden = layers.shape[0]
+        self.width = max([engine.width, engine.ad_width, engine.ctx_width, 1])
+        self.zeros = np.zeros(self.width, np.float32)
+        ctx_groups = [g.name for g in engine.layout.ctx_groups]
+        ad_groups = [g.name for g in engine.layout.ad_groups]
+        slot_of = {g: i for i, g in enumerate(ctx_groups + ad_groups)}
+        self.groups = [g.name for g in engine.manifest.groups]
+        self.order = np.array([slot_of[g] for g in self.groups], dtype=np.int64)
+        self.dense_slot = len(ctx_groups) + len(ad_groups)
+        self.has_dense = engine.manifest.dense_dim > 0
+        self._pool: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
+
+    def _scratch(self) -> _Scratch:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            pass
+        e = self.engine
+        chunk = e.chunk
+        return _Scratch(
+            x_ctx=np.zeros((1, max(1, e.ctx_width)), np.float32),
+            ctx_counts=np.zeros(max(1, len(e.layout.ctx_groups)), np.float32),
+            c=np.zeros((1, e.out0), np.float32),
+            xa=np.zeros((chunk, max(1, e.ad_width)), np.float32),
+            hs=np.zeros((self.n_hidden, chunk, self.width), np.float32),
+            da=np.zeros((chunk, self.width), np.float32),
+            db=np.zeros((chunk, self.width), np.float32),
+            g_ctx=np.zeros((chunk, max(1, e.ctx_width)), np.float32),
+            g_ad=np.zeros((chunk, max(1, e.ad_width)), np.float32),
+            counts=np.zeros(chunk * max(1, len(e.layout.ad_groups)), np.float32),
+            idx=np.zeros(self.width, np.int64),
+            vals=np.zeros(self.width, np.float32),
+        )
+
+    def explain(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> Explanation:
+        return self.explain_encoded(self.engine.layout.encode(context, ads))
+
+    def explain_encoded(self, batch: EncodedBatch) -> Explanation:
+        from .scorer import NonFiniteOutput
+
+        e = self.engine
+        n = batch.n_ads
+        n_slots = self.dense_slot + 1
+        logit = np.zeros(n, np.float64)
+        bias = np.zeros(n, np.float64)
+        contrib = np.zeros((n, n_slots), np.float64)
+        sqnorm = np.zeros((n, n_slots), np.float64)
+        if n:
+            s = self._scratch()
+            try:
+                ctx = e._ctx
+                kernels.context_bias(*ctx.args(), batch.ctx_ids, batch.ctx_keys, batch.ctx_lens,
+                                     e.w_ctx, e.b0, s.x_ctx, s.ctx_counts, s.c, s.idx, s.vals,
+                                     kernels.PREC_F32)
+                ad = e._ad
+                explain_rows(*ad.args(), batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense,
+                             e.dense_col, n, s.x_ctx, s.c, e.b0, e.w_ad, e.act0, e.params,
+                             e.layers, self.wt_ctx, self.wt_ad, self.tparams, self.tlayers,
+                             self.zeros, ctx.cols, ctx.dims, s.xa, s.hs, s.da, s.db, s.g_ctx,
+                             s.g_ad, s.counts, e.small_batch, s.idx, s.vals, logit, bias,
+                             contrib, sqnorm)
+            finally:
+                self._pool.put(s)
+        z = logit
+        bad = np.flatnonzero(~np.isfinite(z) | ~np.isfinite(contrib).all(axis=1))
+        if bad.size:
+            raise NonFiniteOutput(f"ads[{int(bad[0])}]: the model's output is not a number for "
+                                  "this ad (an overflow inside the net; are its dense values far "
+                                  "outside what the model was trained on?)")
+        with np.errstate(over="ignore"):
+            p = 1.0 / (1.0 + np.exp(-z))
+        grad = np.sqrt(sqnorm)
+        infl = grad * (p * (1.0 - p))[:, None]
+        o = self.order
+        return Explanation(
+            groups=self.groups, logit=z, pctr=p, contribution=contrib[:, o],
+            influence=infl[:, o], gradient_norm=grad[:, o], bias=bias,
+            dense_contribution=contrib[:, self.dense_slot] if self.has_dense else None,
+            dense_influence=infl[:, self.dense_slot] if self.has_dense else None)
