@@ -20,6 +20,7 @@ scratch comes from a pool, as for scoring.
 
 from __future__ import annotations
 
+import math
 import queue
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -44,20 +45,28 @@ def _relu_grad(h, act, v):
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
-def explain_rows(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids,
-                 ad_keys, ad_lens, dense, dense_col, n_ads, x_ctx, c, b0, w_ad, act0, params,
-                 layers, wt_ctx, wt_ad, tparams, tlayers, zeros, ctx_cols, ctx_dims, xa, hs, da,
-                 db, g_ctx, g_ad, counts, small_batch, idx, vals, logit, bias_part, contrib,
-                 sqnorm):
+def explain_rows(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_cols, ctx_dims,
+                 ctx_ids, ctx_keys, ctx_lens, ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean,
+                 ad_cols, ad_dims, ad_ids, ad_keys, ad_lens, dense, dense_col, n_ads, w_ctx, b0,
+                 w_ad, act0, params, layers, wt_ctx, wt_ad, tparams, tlayers, zeros, x_ctx,
+                 ctx_counts, c, xa, hs, da, db, g_ctx, g_ad, counts, small_batch, idx, vals,
+                 column, out):
     """Forward and backward pass for ``n_ads`` ads, ``xa.shape[0]`` at a time.
 
-    ``x_ctx``/``c``: the pooled context and layer 1's context part (``kernels.context_bias``).
-    ``layers`` rows: (weight offset, in, out, bias offset, activation) of every layer after the
-    first, the last being the output layer (one output; its sigmoid is left out: the logit).
-    ``tlayers[j]``: (offset in ``tparams``, out, in) of layer j's weights transposed.
-    Writes per ad: ``logit``; ``bias_part`` = sum over layers of bias . delta; and per input slot
-    (context groups, then ad groups, then the dense features as one slot) ``contrib`` = sum of
-    x * d logit / d x and ``sqnorm`` = sum of (d logit / d x)^2 over the slot's columns."""
+    Pools the context and computes layer 1's context part (``kernels.context_bias``), then per
+    chunk of ads pools them, runs the layers keeping every hidden output, and goes back through
+    the ReLU masks. ``layers`` rows: (weight offset, in, out, bias offset, activation) of every
+    layer after the first, the last being the output layer (one output; its sigmoid is left out:
+    the logit). ``tlayers[j]``: (offset in ``tparams``, out, in) of layer j's weights transposed.
+
+    Writes row ``a`` of ``out``: logit, pCTR, the bias path ``sum over layers of bias . delta``,
+    then per input slot ``s`` (context groups, ad groups, the dense features as one slot) at
+    column ``3 + column[s]`` the contribution ``sum of x * d logit / d x`` and at column
+    ``3 + n_slots + column[s]`` the influence ``p (1 - p) || d logit / d x ||`` over the slot's
+    columns. Returns the first ad whose logit or attributions are not finite, or -1."""
+    kernels.context_bias(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_cols,
+                         ctx_dims, ctx_ids, ctx_keys, ctx_lens, w_ctx, b0, x_ctx, ctx_counts, c,
+                         idx, vals, kernels.PREC_F32)
     chunk = xa.shape[0]
     n_slots = ad_buckets.shape[0]
     n_ctx = ctx_cols.shape[0]
@@ -67,6 +76,8 @@ def explain_rows(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, 
     out0 = w_ad.shape[1]
     n_layers = layers.shape[0]          # layers after the first; the last one is the output
     n_hidden = n_layers                 # hidden outputs hs[0 .. n_hidden - 1]
+    n_out_slots = n_ctx + n_slots + 1
+    bad = -1
     e = 0
     v = 0
     for row0 in range(0, n_ads, chunk):
@@ -96,8 +107,8 @@ def explain_rows(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, 
             z = np.float64(b_out)
             for k in range(k_last):
                 z += last[r, k] * params[wo + k]
-            logit[row0 + r] = z
-            bias_part[row0 + r] = b_out
+            out[row0 + r, 0] = z
+            out[row0 + r, 2] = b_out
             for k in range(k_last):
                 da[r, k] = _relu_grad(last[r, k], act_last, params[wo + k])
         # backward: da holds delta of hidden output j (at its pre-activation)
@@ -115,7 +126,7 @@ def explain_rows(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, 
                     bo = layers[j - 1, 3]
                     for k in range(width):
                         z += params[bo + k] * cur[r, k]
-                bias_part[row0 + r] += z
+                out[row0 + r, 2] += z
             if j == 0:
                 break
             to = tlayers[j - 1, 0]
@@ -139,72 +150,97 @@ def explain_rows(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, 
                                 small_batch, idx, vals)
         for r in range(n):
             row = row0 + r
-            for q in range(n_ctx):
+            z = out[row, 0]
+            p = 1.0 / (1.0 + math.exp(-z)) if z > -700.0 else 0.0
+            out[row, 1] = p
+            slope = p * (1.0 - p)
+            for q in range(n_out_slots):
                 cs = 0.0
                 qs = 0.0
-                for k in range(ctx_cols[q], ctx_cols[q] + ctx_dims[q]):
-                    gk = np.float64(g_ctx[r, k])
-                    cs += x_ctx[0, k] * gk
-                    qs += gk * gk
-                contrib[row, q] = cs
-                sqnorm[row, q] = qs
-            for q in range(n_slots):
-                cs = 0.0
-                qs = 0.0
-                for k in range(ad_cols[q], ad_cols[q] + ad_dims[q]):
-                    gk = np.float64(g_ad[r, k])
-                    cs += xa[r, k] * gk
-                    qs += gk * gk
-                contrib[row, n_ctx + q] = cs
-                sqnorm[row, n_ctx + q] = qs
-            cs = 0.0
-            qs = 0.0
-            for k in range(dense_col, dense_col + dense_dim):
-                gk = np.float64(g_ad[r, k])
-                cs += xa[r, k] * gk
-                qs += gk * gk
-            contrib[row, n_ctx + n_slots] = cs
-            sqnorm[row, n_ctx + n_slots] = qs
+                if q < n_ctx:
+                    for k in range(ctx_cols[q], ctx_cols[q] + ctx_dims[q]):
+                        gk = np.float64(g_ctx[r, k])
+                        cs += x_ctx[0, k] * gk
+                        qs += gk * gk
+                elif q < n_ctx + n_slots:
+                    s = q - n_ctx
+                    for k in range(ad_cols[s], ad_cols[s] + ad_dims[s]):
+                        gk = np.float64(g_ad[r, k])
+                        cs += xa[r, k] * gk
+                        qs += gk * gk
+                else:
+                    for k in range(dense_col, dense_col + dense_dim):
+                        gk = np.float64(g_ad[r, k])
+                        cs += xa[r, k] * gk
+                        qs += gk * gk
+                out[row, 3 + column[q]] = cs
+                out[row, 3 + n_out_slots + column[q]] = slope * math.sqrt(qs)
+                if bad < 0 and not (math.isfinite(cs) and math.isfinite(qs)):
+                    bad = row
+            if bad < 0 and not math.isfinite(z):
+                bad = row
+    return bad
 
 
 @dataclass
 class Explanation:
-    """Per-ad attributions of one request, groups in the manifest's order."""
+    """Per-ad attributions of one request, groups in the manifest's order: views of one
+    ``[n, 3 + 2 (groups + 1)]`` float64 array the kernel filled (logit, pCTR, bias path, the
+    contributions, the influences; the dense features last in each block)."""
 
     groups: list[str]
-    logit: np.ndarray          # float64 [n]
-    pctr: np.ndarray           # float64 [n]
-    contribution: np.ndarray   # float64 [n, groups]
-    influence: np.ndarray      # float64 [n, groups]: L2 norm of d pCTR / d x over the slice
-    gradient_norm: np.ndarray  # float64 [n, groups]: L2 norm of d logit / d x over the slice
-    bias: np.ndarray           # float64 [n]: sum over layers of bias . delta
-    dense_contribution: np.ndarray | None  # float64 [n] (models with dense features)
-    dense_influence: np.ndarray | None
+    table: np.ndarray
+    has_dense: bool
+
+    @property
+    def logit(self) -> np.ndarray:
+        return self.table[:, 0]
+
+    @property
+    def pctr(self) -> np.ndarray:
+        return self.table[:, 1]
+
+    @property
+    def bias(self) -> np.ndarray:
+        """The biases carried through the ReLU masks: sum over layers of bias . delta."""
+        return self.table[:, 2]
+
+    @property
+    def contribution(self) -> np.ndarray:
+        g = len(self.groups)
+        return self.table[:, 3:3 + g]
+
+    @property
+    def influence(self) -> np.ndarray:
+        """L2 norm of d pCTR / d x over each group's slice."""
+        g = len(self.groups)
+        return self.table[:, 4 + g:4 + 2 * g]
+
+    @property
+    def dense_contribution(self) -> np.ndarray | None:
+        return self.table[:, 3 + len(self.groups)] if self.has_dense else None
+
+    @property
+    def dense_influence(self) -> np.ndarray | None:
+        return self.table[:, 4 + 2 * len(self.groups)] if self.has_dense else None
 
     @property
     def remainder(self) -> np.ndarray:
-        """What the groups do not account for: the biases' path plus the dense features."""
-        return self.bias + (self.dense_contribution if self.dense_contribution is not None else 0.0)
+        """What the groups do not account for: the bias path plus the dense features."""
+        return self.table[:, 2] + self.table[:, 3 + len(self.groups)]
 
     def to_json(self) -> list[dict[str, Any]]:
         """The contract's ``ads`` list (``POST /v1/models/{name}/explain``)."""
-        out = []
         names = self.groups
-        logit = self.logit.tolist()
-        pctr = self.pctr.tolist()
+        g = len(names)
         rem = self.remainder.tolist()
-        bias = self.bias.tolist()
-        contrib = self.contribution.tolist()
-        infl = self.influence.tolist()
-        dense_c = self.dense_contribution.tolist() if self.dense_contribution is not None else None
-        dense_i = self.dense_influence.tolist() if self.dense_influence is not None else None
-        for a in range(len(logit)):
-            ca, ia = contrib[a], infl[a]
-            ad = {"pctr": pctr[a], "logit": logit[a], "remainder": rem[a], "bias": bias[a],
-                  "groups": {g: {"influence": ia[i], "contribution": ca[i]}
-                             for i, g in enumerate(names)}}
-            if dense_c is not None:
-                ad["dense"] = {"influence": dense_i[a], "contribution": dense_c[a]}
+        out = []
+        for a, row in enumerate(self.table.tolist()):
+            ad = {"pctr": row[1], "logit": row[0], "remainder": rem[a], "bias": row[2],
+                  "groups": {name: {"influence": row[4 + g + i], "contribution": row[3 + i]}
+                             for i, name in enumerate(names)}}
+            if self.has_dense:
+                ad["dense"] = {"influence": row[4 + 2 * g], "contribution": row[3 + g]}
             out.append(ad)
         return out
 
@@ -250,12 +286,11 @@ class Explainer:
         self.n_hidden = layers.shape[0]
         self.width = max([engine.width, engine.ad_width, engine.ctx_width, 1])
         self.zeros = np.zeros(self.width, np.float32)
-        ctx_groups = [g.name for g in engine.layout.ctx_groups]
-        ad_groups = [g.name for g in engine.layout.ad_groups]
-        slot_of = {g: i for i, g in enumerate(ctx_groups + ad_groups)}
+        kernel_order = [g.name for g in engine.layout.ctx_groups + engine.layout.ad_groups]
         self.groups = [g.name for g in engine.manifest.groups]
-        self.order = np.array([slot_of[g] for g in self.groups], dtype=np.int64)
-        self.dense_slot = len(ctx_groups) + len(ad_groups)
+        position = {name: i for i, name in enumerate(self.groups)}
+        # kernel slot (context groups, ad groups, dense) -> column in the manifest's order
+        self.column = np.array([position[n] for n in kernel_order] + [len(self.groups)], np.int64)
         self.has_dense = engine.manifest.dense_dim > 0
         self._pool: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
 
@@ -289,40 +324,22 @@ class Explainer:
 
         e = self.engine
         n = batch.n_ads
-        n_slots = self.dense_slot + 1
-        logit = np.zeros(n, np.float64)
-        bias = np.zeros(n, np.float64)
-        contrib = np.zeros((n, n_slots), np.float64)
-        sqnorm = np.zeros((n, n_slots), np.float64)
+        table = np.empty((n, 3 + 2 * (len(self.groups) + 1)), np.float64)
+        bad = -1
         if n:
             s = self._scratch()
             try:
-                ctx = e._ctx
-                kernels.context_bias(*ctx.args(), batch.ctx_ids, batch.ctx_keys, batch.ctx_lens,
-                                     e.w_ctx, e.b0, s.x_ctx, s.ctx_counts, s.c, s.idx, s.vals,
-                                     kernels.PREC_F32)
-                ad = e._ad
-                explain_rows(*ad.args(), batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense,
-                             e.dense_col, n, s.x_ctx, s.c, e.b0, e.w_ad, e.act0, e.params,
-                             e.layers, self.wt_ctx, self.wt_ad, self.tparams, self.tlayers,
-                             self.zeros, ctx.cols, ctx.dims, s.xa, s.hs, s.da, s.db, s.g_ctx,
-                             s.g_ad, s.counts, e.small_batch, s.idx, s.vals, logit, bias,
-                             contrib, sqnorm)
+                bad = explain_rows(*e._ctx.args(), batch.ctx_ids, batch.ctx_keys, batch.ctx_lens,
+                                   *e._ad.args(), batch.ad_ids, batch.ad_keys, batch.ad_lens,
+                                   batch.dense, e.dense_col, n, e.w_ctx, e.b0, e.w_ad, e.act0,
+                                   e.params, e.layers, self.wt_ctx, self.wt_ad, self.tparams,
+                                   self.tlayers, self.zeros, s.x_ctx, s.ctx_counts, s.c, s.xa,
+                                   s.hs, s.da, s.db, s.g_ctx, s.g_ad, s.counts, e.small_batch,
+                                   s.idx, s.vals, self.column, table)
             finally:
                 self._pool.put(s)
-        z = logit
-        bad = np.flatnonzero(~np.isfinite(z) | ~np.isfinite(contrib).all(axis=1))
-        if bad.size:
-            raise NonFiniteOutput(f"ads[{int(bad[0])}]: the model's output is not a number for "
-                                  "this ad (an overflow inside the net; are its dense values far "
-                                  "outside what the model was trained on?)")
-        with np.errstate(over="ignore"):
-            p = 1.0 / (1.0 + np.exp(-z))
-        grad = np.sqrt(sqnorm)
-        infl = grad * (p * (1.0 - p))[:, None]
-        o = self.order
-        return Explanation(
-            groups=self.groups, logit=z, pctr=p, contribution=contrib[:, o],
-            influence=infl[:, o], gradient_norm=grad[:, o], bias=bias,
-            dense_contribution=contrib[:, self.dense_slot] if self.has_dense else None,
-            dense_influence=infl[:, self.dense_slot] if self.has_dense else None)
+        if bad >= 0:
+            raise NonFiniteOutput(f"ads[{bad}]: the model's output is not a number for this ad "
+                                  "(an overflow inside the net; are its dense values far outside "
+                                  "what the model was trained on?)")
+        return Explanation(self.groups, table, self.has_dense)
