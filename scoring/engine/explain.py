@@ -31,6 +31,7 @@ from numba import njit
 from . import kernels
 from .config import CACHE, FASTMATH
 from .features import EncodedBatch
+from .outputs import overflow
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scorer import Engine
@@ -320,8 +321,6 @@ class Explainer:
         return self.explain_encoded(self.engine.layout.encode(context, ads))
 
     def explain_encoded(self, batch: EncodedBatch) -> Explanation:
-        from .scorer import NonFiniteOutput
-
         e = self.engine
         n = batch.n_ads
         table = np.empty((n, 3 + 2 * (len(self.groups) + 1)), np.float64)
@@ -339,7 +338,5 @@ class Explainer:
             finally:
                 self._pool.put(s)
         if bad >= 0:
-            raise NonFiniteOutput(f"ads[{bad}]: the model's output is not a number for this ad "
-                                  "(an overflow inside the net; are its dense values far outside "
-                                  "what the model was trained on?)")
+            raise overflow(bad)
         return Explanation(self.groups, table, self.has_dense)

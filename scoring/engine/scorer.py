@@ -17,21 +17,18 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import orjson
 
-from ..errors import InvalidRequest
 from ..model.package import TABLE_NUMPY_DTYPES, ModelPackage
 from ..model.quantize import bf16_values
 from . import jsonscan, kernels
 from .codegen import target_has
 from .explain import Explainer, Explanation
 from .features import EncodedBatch, FeatureLayout
+from .outputs import NonFiniteOutput, overflow
 
 # called with (engine, batch, copy) for a request the health monitor samples; ``copy``: the
 # batch views the scanner's pooled buffers (scoring.monitor)
 Keep = Callable[["Engine", EncodedBatch, bool], None]
 
-
-class NonFiniteOutput(InvalidRequest):
-    """The net's output is not a number for an ad (an overflow inside it)."""
 
 SMALL_BATCH = 1      # up to this many ads per chunk: pruned one-ad form; above: register tiles
 CHUNK = 96           # ads per pass through the layers: activations stay in L2; a multiple of 6
@@ -285,9 +282,7 @@ class Engine:
         finally:
             self._pool.put(s)
         if bad >= 0:
-            raise NonFiniteOutput(f"ads[{bad}]: the model's output is not a number for this ad "
-                                 "(an overflow inside the net; are its dense values far outside "
-                                 "what the model was trained on?)")
+            raise overflow(bad)
         return out
 
     def score_json(self, body: bytes, max_ads: int, max_values: int,

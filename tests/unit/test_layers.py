@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ORDER = ["model", "engine", "lifecycle", "monitor", "sync", "upstream", "serving"]
+ORDER = ["model", "engine", "lifecycle", "monitor", "sync", "upstream", "serving", "insight"]
 EVERYONE = {"errors", "__version__"}  # scoring/errors.py (errors with their HTTP status), the version
 KERNELS = {"engine/kernels.py", "engine/simd.py", "engine/xxh64.py", "engine/jsonscan.py",
            "engine/config.py"}
