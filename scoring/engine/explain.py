@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import queue
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -266,7 +267,9 @@ class Explainer:
     """The engine's explain pass: transposed weights laid out once, scratch pooled."""
 
     def __init__(self, engine: "Engine") -> None:
-        self.engine = engine
+        # a proxy, not a reference: the engine holds its explainer, and a cycle would keep a
+        # retired version's engine (and its memory maps) alive while the service freezes the GC
+        self.engine = weakref.proxy(engine)
         layers = engine.layers
         rest = [engine.params[wo:wo + k * n].reshape(k, n) for wo, k, n, _, _ in layers.tolist()]
         # every hidden layer after the first, transposed ([out, in]); the output layer is not
