@@ -296,6 +296,8 @@ class Explainer:
         # kernel slot (context groups, ad groups, dense) -> column in the manifest's order
         self.column = np.array([position[n] for n in kernel_order] + [len(self.groups)], np.int64)
         self.has_dense = engine.manifest.dense_dim > 0
+        # a net without hidden layers (logistic regression): no masks; explained in NumPy
+        self.linear = self.n_hidden == 0
         self._pool: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
 
     def _scratch(self) -> _Scratch:
@@ -324,6 +326,8 @@ class Explainer:
         return self.explain_encoded(self.engine.layout.encode(context, ads))
 
     def explain_encoded(self, batch: EncodedBatch) -> Explanation:
+        if self.linear:
+            return self._explain_linear(batch)
         e = self.engine
         n = batch.n_ads
         table = np.empty((n, 3 + 2 * (len(self.groups) + 1)), np.float64)
@@ -342,4 +346,38 @@ class Explainer:
                 self._pool.put(s)
         if bad >= 0:
             raise overflow(bad)
+        return Explanation(self.groups, table, self.has_dense)
+
+    def _explain_linear(self, batch: EncodedBatch) -> Explanation:
+        """``logit = x . w + b``: the gradient is the weight column itself, the bias path is b."""
+        from .instrument import pooled_inputs
+
+        e = self.engine
+        n = batch.n_ads
+        g = len(self.groups)
+        table = np.zeros((n, 3 + 2 * (g + 1)), np.float64)
+        if not n:
+            return Explanation(self.groups, table, self.has_dense)
+        x_ctx, x_ad = pooled_inputs(e, batch)
+        w_ctx = e.w_ctx[:, 0].astype(np.float64)
+        w_ad = e.w_ad[:, 0].astype(np.float64)
+        b = float(e.b0[0])
+        pieces_ctx = x_ctx[0].astype(np.float64) * w_ctx
+        pieces_ad = x_ad.astype(np.float64) * w_ad
+        with np.errstate(all="ignore"):
+            z = pieces_ad.sum(axis=1) + pieces_ctx.sum() + b
+            p = 1.0 / (1.0 + np.exp(-z))
+        slope = p * (1.0 - p)
+        table[:, 0], table[:, 1], table[:, 2] = z, p, b
+        ctx, ad = e._ctx, e._ad
+        spans = [(pieces_ctx, w_ctx, c, d) for c, d in zip(ctx.cols.tolist(), ctx.dims.tolist())]
+        spans += [(pieces_ad, w_ad, c, d) for c, d in zip(ad.cols.tolist(), ad.dims.tolist())]
+        spans.append((pieces_ad, w_ad, e.dense_col, e.manifest.dense_dim))
+        for (pieces, w, c, d), col in zip(spans, self.column.tolist()):
+            part = pieces[..., c:c + d].sum(axis=-1)
+            table[:, 3 + col] = part
+            table[:, 4 + g + col] = slope * float(np.linalg.norm(w[c:c + d]))
+        bad = np.flatnonzero(~np.isfinite(table).all(axis=1))
+        if bad.size:
+            raise overflow(int(bad[0]))
         return Explanation(self.groups, table, self.has_dense)

@@ -6,7 +6,9 @@ are skipped. A line that is not JSON, or whose clicks do not fit its ads, or who
 model refuses, is named by file and line number; nothing is guessed.
 
 Requests are hashed once per feature layout (group names and sides) and reused for every version
-that has the same layout, which is the usual case for one model's versions.
+that has the same layout, which is the usual case for one model's versions. A group the log
+carries but a version does not have (an older version, before the group was added) is left out
+for that version, and named in the report; every other problem stops the report.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class LabelledLog:
     lines: list[int]
     clicks: np.ndarray = field(default=None)  # type: ignore[assignment]  # int8 [rows]
     _encoded: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)  # layout key -> groups left out for it
+    groups: dict = field(default_factory=dict)   # every group the log sends -> first line
 
     def __post_init__(self) -> None:
         if self.clicks is None:
@@ -59,19 +63,44 @@ class LabelledLog:
         key = (tuple((g.name, g.side) for g in engine.manifest.groups), engine.manifest.dense_dim)
         got = self._encoded.get(key)
         if got is None:
+            known = {g.name for g in engine.manifest.groups}
+            dropped: set[str] = set()
             got = []
             for req, line in zip(self.requests, self.lines):
                 try:
-                    got.append(layout.encode(req.context, req.ads))
+                    got.append(layout.encode(*_known_only(req.context, req.ads, known, dropped)))
                 except InvalidRequest as exc:
                     raise DataError(f"{self.path}:{line}: {exc}") from None
             self._encoded[key] = got
+            self.dropped[key] = sorted(dropped)
         return got
+
+    def dropped_for(self, engine) -> list[str]:
+        """Groups of this log the engine's version does not have (left out for it)."""
+        self.encoded(engine)
+        key = (tuple((g.name, g.side) for g in engine.manifest.groups), engine.manifest.dense_dim)
+        return self.dropped[key]
+
+
+def _known_only(context: Any, ads: list, known: set[str], dropped: set[str]) -> tuple[Any, list]:
+    """The request without groups the model does not have (copies only what changes)."""
+    if isinstance(context, dict) and not context.keys() <= known:
+        dropped.update(k for k in context if k not in known)
+        context = {k: v for k, v in context.items() if k in known}
+    out = ads
+    for i, ad in enumerate(ads):
+        feats = ad.get("features") if isinstance(ad, dict) else None
+        if isinstance(feats, dict) and not feats.keys() <= known:
+            dropped.update(k for k in feats if k not in known)
+            if out is ads:
+                out = list(ads)
+            out[i] = {**ad, "features": {k: v for k, v in feats.items() if k in known}}
+    return context, out
 
 
 def load_log(path: str | Path, name: str | None = None) -> LabelledLog:
     path = Path(path)
-    requests, lines = [], []
+    requests, lines, seen = [], [], {}
     try:
         fh = open(path, "rb")
     except OSError as exc:
@@ -84,11 +113,25 @@ def load_log(path: str | Path, name: str | None = None) -> LabelledLog:
                 doc = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise DataError(f"{path}:{i}: not JSON ({exc})") from None
-            requests.append(_request(doc, f"{path}:{i}"))
+            req = _request(doc, f"{path}:{i}")
+            requests.append(req)
             lines.append(i)
+            for group in _groups_of(req):
+                seen.setdefault(group, i)
     if not requests:
         raise DataError(f"{path}: no requests (expected one JSON score body with clicks per line)")
-    return LabelledLog(name or path.stem, path, requests, lines)
+    log = LabelledLog(name or path.stem, path, requests, lines)
+    log.groups = seen
+    return log
+
+
+def _groups_of(req: Request) -> set[str]:
+    names = set(req.context) if isinstance(req.context, dict) else set()
+    for ad in req.ads:
+        feats = ad.get("features") if isinstance(ad, dict) else None
+        if isinstance(feats, dict):
+            names.update(feats)
+    return names
 
 
 def _request(doc: Any, where: str) -> Request:

@@ -7,6 +7,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from .report import all_groups
+
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; color: #1f2328; margin: 24px; max-width: 1400px; }
 h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; }
@@ -75,7 +77,8 @@ def write_index(report: dict[str, Any], out: Path) -> Path:
          _yes(f["probe_last_gain"][best] < report["config"]["probe_gain"])],
         ["clicks cluster in t-SNE without separating (kNN click lift > 1)",
          ", ".join(f"L{i + 1} {_f(x, 2)}" for i, x in enumerate(f["tsne_click_lift"])),
-         _yes(all(x is not None and x > 1 for x in f["tsne_click_lift"]))],
+         _yes(bool(f["tsne_click_lift"])
+              and all(x is not None and x > 1 for x in f["tsne_click_lift"]))],
     ]))
 
     rows = []
@@ -89,16 +92,18 @@ def write_index(report: dict[str, Any], out: Path) -> Path:
     parts.append("<h2>Quality per version</h2>" + _table(head, rows, "id='quality'")
                  + f"<img src='{figs['auc']}' alt='AUC per version'>")
 
-    n_layers = len(res[versions[0]][train]["layers"])
+    n_layers = max(len(res[v][train]["layers"]) for v in versions)
     rows = []
     for v in versions:
         r = [escape(v)]
         for n in report["data"]:
-            r += [_f(L["fluctuation"]) for L in res[v][n]["layers"]]
+            layers = res[v][n]["layers"]
+            r += [_f(layers[l]["fluctuation"] if l < len(layers) else None) for l in range(n_layers)]
         rows.append(r)
     head = ["version"] + [f"{n} F{l + 1}" for n in report["data"] for l in range(n_layers)]
     sp = report["spearman"]
-    sp_rows = [[escape(n)] + [_f(sp[n][str(l + 1)], 3) for l in range(n_layers)] for n in report["data"]]
+    sp_rows = [[escape(n)] + [_f(sp[n].get(str(l + 1)), 3) for l in range(n_layers)]
+               for n in report["data"]]
     parts.append("<h2>Neuron fluctuation F<sub>l</sub> (no labels needed)</h2>"
                  + _table(head, rows, "id='fluctuation'")
                  + "<p>Spearman correlation of F<sub>l</sub> with AUC across versions:</p>"
@@ -107,8 +112,9 @@ def write_index(report: dict[str, Any], out: Path) -> Path:
                  + "<p>Per-neuron sigma of the last hidden layer (the seed's figure):</p>"
                  + f"<img src='{figs['sigma']}' alt='sigma histograms'>")
 
-    groups = list(report["influence"][versions[0]]["groups"])
-    rows = [[escape(v)] + [_f(report["influence"][v]["groups"][g]["share"], 3) for g in groups]
+    groups = all_groups(report)
+    rows = [[escape(v)] + [_f(report["influence"][v]["groups"].get(g, {}).get("share"), 3)
+                           for g in groups]
             + [_f(report["influence"][v]["concentration"], 3)] for v in versions]
     parts.append(f"<h2>Feature-group influence on {escape(test)} (share of mean ||dpCTR/dx||)</h2>"
                  + _table(["version"] + groups + ["concentration"], rows, "id='influence'")
@@ -121,7 +127,7 @@ def write_index(report: dict[str, Any], out: Path) -> Path:
             cls = " class='flag'" if p.get("flagged") else ""
             r.append(f"<span{cls}>{_f(p['auc'])}</span>")
         rows.append(r)
-    reps = [str(p["layer"]) for p in report["probes"][versions[0]]]
+    reps = [str(p["layer"]) for p in max(report["probes"].values(), key=len)]
     parts.append("<h2>Linear probes (logistic regression, test AUC; red: gains less than "
                  f"{report['config']['probe_gain']} over the previous)</h2>"
                  + _table(["version"] + reps, rows, "id='probes'")

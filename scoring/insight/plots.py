@@ -51,13 +51,14 @@ def auc_plot(report: dict[str, Any], out: Path) -> str:
 def fluctuation_plot(report: dict[str, Any], out: Path) -> str:
     plt = _plt()
     versions = report["versions"]
-    n_layers = len(report["results"][versions[0]][report["data"][0]]["layers"])
+    n_layers = max(len(report["results"][v][report["data"][0]]["layers"]) for v in versions)
     fig, axes = plt.subplots(1, n_layers, figsize=(3.2 * n_layers, 3.2), squeeze=False)
     for l in range(n_layers):
         ax = axes[0][l]
         for k, name in enumerate(report["data"]):
-            ax.plot(versions, [report["results"][v][name]["layers"][l]["fluctuation"] for v in versions],
-                    "o-", color=SETS[k % len(SETS)], label=name)
+            values = [report["results"][v][name]["layers"][l]["fluctuation"]
+                      if l < len(report["results"][v][name]["layers"]) else np.nan for v in versions]
+            ax.plot(versions, values, "o-", color=SETS[k % len(SETS)], label=name)
         ax.set_title(f"F_{l + 1} (layer {l + 1})")
         ax.tick_params(axis="x", rotation=45, labelsize=7)
         ax.grid(alpha=0.3)

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     f = report["findings"]
     print(f"wrote {args.out / 'index.html'} and report.json in {report['seconds']:.1f} s; "
           f"best version on {report['data'][-1]}: {f['best_version']} "
-          f"(AUC {f['test_auc'][f['best_index']]:.4f})")
+          f"(AUC {f['test_auc'][f['best_index']]:.4f})")  # both classes: checked on reading
     return 0
 
 
@@ -108,20 +108,33 @@ def build_report(repo: Path, model: str, versions: list[str], data: list[Path], 
         for lg, n in zip(logs, names):
             lg.name = n
     train, test = logs[0], logs[-1]
+    for lg in logs:
+        clicks = int(lg.clicks.sum())
+        if clicks in (0, lg.rows):
+            raise DataError(f"{lg.path}: clicks: every row is {int(clicks > 0)}; the AUC and the "
+                            "probes need both clicks and non-clicks")
     results: dict[str, dict] = {}
     influence: dict[str, dict] = {}
     probes: dict[str, list] = {}
     mad: dict[str, dict] = {}
     engines = {}
+    for v in versions:
+        engines[v] = load_engine(repo, model, v)
+    known = {g.name for e in engines.values() for g in e.manifest.groups}
+    for lg in logs:
+        for name, line in lg.groups.items():
+            if name not in known:
+                raise DataError(f"{lg.path}:{line}: group {name!r} is in none of the versions' "
+                                f"models (they have {sorted(known)})")
     with threadpool_limits(1):  # the study runs on one core, as documented
         pick_train = study.sample_requests(train, cfg.probe_rows, cfg.seed)
         pick_test = study.sample_requests(test, cfg.probe_rows, cfg.seed + 1)
         for v in versions:
-            engine = load_engine(repo, model, v)
-            engines[v] = engine
+            engine = engines[v]
             results[v] = {}
             for lg in logs:
                 stats, _ = study.forward_stats(engine, lg)
+                stats["groups_left_out"] = lg.dropped_for(engine)
                 results[v][lg.name] = stats
             influence[v] = {lg.name: study.influence(engine, lg, cfg.influence_rows) for lg in logs}
             reps_train, y_train = study.representations(engine, train, pick_train)
@@ -168,15 +181,24 @@ def build_report(repo: Path, model: str, versions: list[str], data: list[Path], 
 
 
 def _spearman(results, versions, names) -> dict[str, Any]:
-    """Per data set and hidden layer: Spearman's rho between F_l and the AUC across versions."""
+    """Per data set and hidden layer: Spearman's rho between F_l and the AUC across versions
+    (layers every version has; versions may differ in depth)."""
     out = {}
     for name in names:
         auc = [results[v][name]["auc"] for v in versions]
-        n_layers = len(results[versions[0]][name]["layers"])
+        n_layers = min(len(results[v][name]["layers"]) for v in versions)
         out[name] = {str(l + 1): study.spearman(
             [results[v][name]["layers"][l]["fluctuation"] for v in versions], auc)
             for l in range(n_layers)}
     return out
+
+
+def all_groups(report: dict[str, Any]) -> list[str]:
+    """Every feature group of any version, in first-seen order (versions may differ)."""
+    seen: dict[str, None] = {}
+    for v in report["versions"]:
+        seen.update(dict.fromkeys(report["influence"][v]["groups"]))
+    return list(seen)
 
 
 def findings(report: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +212,8 @@ def findings(report: dict[str, Any]) -> dict[str, Any]:
     f_test = [res[v][test]["layers"][-1]["fluctuation"] for v in versions]
     ratio = [a / b if b > 0 else None for a, b in zip(f_train, f_test)]
     gap = [a - b for a, b in zip(f_train, f_test)]
-    groups = list(report["influence"][versions[0]]["groups"])
-    shares = {g: [report["influence"][v]["groups"][g]["share"] for v in versions] for g in groups}
+    shares = {g: [report["influence"][v]["groups"].get(g, {}).get("share") for v in versions]
+              for g in all_groups(report)}
     conc = [report["influence"][v]["concentration"] for v in versions]
     probe_auc = {v: [p["auc"] for p in report["probes"][v]] for v in versions}
     hidden_probe = {v: a[1:] for v, a in probe_auc.items()}

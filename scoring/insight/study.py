@@ -72,9 +72,12 @@ def forward_stats(engine, log: LabelledLog) -> tuple[dict[str, Any], np.ndarray]
         logits.append(logit)
     z = np.concatenate(logits)
     if not np.isfinite(z).all():
-        bad = int(np.flatnonzero(~np.isfinite(z))[0])
-        raise DataError(f"{log.path}: row {bad}: the model's output is not a number (an overflow "
-                        f"inside version {engine.version})")
+        row = int(np.flatnonzero(~np.isfinite(z))[0])
+        ends = np.cumsum([b.n_ads for b in batches])
+        i = int(np.searchsorted(ends, row, side="right"))
+        ad = row - (int(ends[i - 1]) if i else 0)
+        raise DataError(f"{log.path}:{log.lines[i]}: ads[{ad}]: the model's output is not a "
+                        f"number (an overflow inside version {engine.version})")
     p = 1.0 / (1.0 + np.exp(-z))
     y = log.clicks
     both = 0 < y.sum() < y.size
@@ -180,6 +183,8 @@ def tsne_layers(hidden: list[np.ndarray], clicks: np.ndarray, cfg: StudyConfig) 
     from sklearn.manifold import TSNE
 
     out = []
+    if clicks.size < max(10, 2 * (cfg.neighbours + 1)):  # too few rows for a map or neighbours
+        return out
     for l, h in enumerate(hidden, start=1):
         x = h.astype(np.float64)
         live = x.std(axis=0) > 0

@@ -150,21 +150,32 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
               "slice of the MLP input) and `contribution` (sum over the slice of x * d logit / "
               "d x); the contributions plus the remainder add up to the logit (docs/insight.md).",
               openapi_extra=EXPLAIN_DOC,
-              responses={404: error_doc("Unknown model"), 413: error_doc("More than 100 ads"),
+              responses={400: error_doc("Not JSON"), 404: error_doc("Unknown model"),
+                         413: error_doc("More than 100 ads, or body bytes (CTR_MAX_BODY_BYTES)"),
+                         415: error_doc("Not a JSON content type"),
                          422: error_doc("Invalid body, or a model the engine does not run"),
                          **{k: v for k, v in ADMIN_DOC["responses"].items() if k in (401, 403)}})
     async def explain(name: str, request: Request) -> Response:
-        if not explain_public:
-            admin(request)
-        check_content_type(request.headers.get("content-type"))
-        check_length(request.headers.get("content-length"), max_body)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise too_large(max_body)
-            chunks.append(chunk)
-        return Response(plane.explain(b"".join(chunks), name), media_type="application/json")
+        status = 500
+        try:
+            if not explain_public:
+                admin(request)
+            check_content_type(request.headers.get("content-type"))
+            check_length(request.headers.get("content-length"), max_body)
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body:
+                    raise too_large(max_body)
+                chunks.append(chunk)
+            out = plane.explain(b"".join(chunks), name)
+            status = 200
+            return Response(out, media_type="application/json")
+        except ScoringError as exc:
+            status = exc.status_code
+            raise
+        finally:
+            plane.count_explain(name, status)
 
     install_ui(app, plane)
 

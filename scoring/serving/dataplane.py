@@ -114,29 +114,24 @@ class DataPlane:
     def explain(self, body: bytes, name: str) -> bytes:
         """``POST /v1/models/{name}/explain``: per ad, the pCTR, the logit and each group's
         influence and contribution (:mod:`scoring.engine.explain`); JSON bytes."""
-        status = 500
-        try:
-            model = self.registry.get(name)
-            explain = getattr(model.scorer, "explain", None)
-            request = self.decoder.decode(body)
-            ads = request.ads
-            if len(ads) > self.max_explain_ads:
-                raise PayloadTooLarge(f"ads: {len(ads)} ads, more than {self.max_explain_ads} in one "
-                                      "explain request; split the batch")
-            if explain is None:
-                raise InvalidRequest(f"model {name!r} is served by {model.kind}; explain needs a "
-                                     "model the service's own engine runs")
-            result = explain(request.context, ads)
-            out = _DUMPS({"model": model.name, "version": model.version,
-                          "request_id": request.request_id, "ads": result.to_json()})
-            status = 200
-            return out
-        except ScoringError as exc:
-            status = exc.status_code
-            raise
-        finally:
-            self.metrics.explains.labels(name if name in self.registry.names() else _UNKNOWN,
-                                         str(status)).inc()
+        model = self.registry.get(name)
+        explain = getattr(model.scorer, "explain", None)
+        request = self.decoder.decode(body)
+        ads = request.ads
+        if len(ads) > self.max_explain_ads:
+            raise PayloadTooLarge(f"ads: {len(ads)} ads, more than {self.max_explain_ads} in one "
+                                  "explain request; split the batch")
+        if explain is None:
+            raise InvalidRequest(f"model {name!r} is served by {model.kind}; explain needs a "
+                                 "model the service's own engine runs")
+        result = explain(request.context, ads)
+        return _DUMPS({"model": model.name, "version": model.version,
+                       "request_id": request.request_id, "ads": result.to_json()})
+
+    def count_explain(self, name: str, status: int) -> None:
+        """One explain answer; a name no model has is counted as "-" (bounded labels)."""
+        self.metrics.explains.labels(name if name in self.registry.names() else _UNKNOWN,
+                                     str(status)).inc()
 
     def _default_or_none(self) -> LiveModel | None:
         """The default model, or None to let the ordinary path raise the right error after

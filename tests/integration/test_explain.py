@@ -68,7 +68,10 @@ def test_explain_needs_the_admin_token_and_names_bad_input(api_server):
     r = c.get("/v1/models/plain/explain")
     assert r.status_code == 405
     metrics = c.get("/metrics").text
+    for status in ("401", "404", "413", "415", "422", "400"):
+        assert f'status="{status}"' in metrics.split("ctr_explain_requests_total", 1)[1], status
     assert 'ctr_explain_requests_total{model="plain",status="413"}' in metrics
+    assert 'ctr_explain_requests_total{model="plain",status="401"}' in metrics
     assert 'model="nope"' not in metrics  # unknown names do not become label values
 
 

@@ -231,3 +231,31 @@ def test_bad_requests_and_overflow(tmp_path):
         engine.explain({}, [fine, wild, fine])
     assert np.isfinite(engine.explain({}, [fine, fine]).logit).all()
     assert engine.explain({}, []).logit.shape == (0,)
+
+
+@pytest.mark.parametrize("hidden,dense_dim", [((), 0), ((), 2), ((16,), 0), ((5,), 1),
+                                              ((37, 19, 5), 2), ((33, 17), 3)])
+def test_odd_shapes_match_the_float64_chain_rule(tmp_path, hidden, dense_dim):
+    """No hidden layer (logistic regression), one, and widths that fill no 16-lane vector,
+    against the chain rule written out in float64 (tests/explain_oracle.py)."""
+    from ...explain_oracle import explain_f64
+
+    pkg = load_package(make_model(tmp_path / "m", hidden=hidden, dense_dim=dense_dim, seed=9))
+    engine = Engine(pkg)
+    rng = np.random.default_rng(11)
+    for n in (1, 7, 150):
+        ctx, ads = random_request(rng, pkg, n)
+        got = engine.explain(ctx, ads)
+        np.testing.assert_allclose(got.pctr, engine.score(ctx, ads), atol=1e-6)
+        for a in range(0, n, 13):
+            want = explain_f64(pkg, ctx, ads[a])
+            assert got.logit[a] == pytest.approx(want["logit"], abs=1e-4)
+            assert got.bias[a] == pytest.approx(want["bias"], abs=1e-4)
+            for i, g in enumerate(pkg.manifest.groups):
+                c, infl = want["groups"][g.name]
+                assert got.contribution[a, i] == pytest.approx(c, abs=1e-4)
+                assert got.influence[a, i] == pytest.approx(infl, abs=1e-6, rel=1e-4)
+            if dense_dim:
+                assert got.dense_contribution[a] == pytest.approx(want["dense"], abs=1e-4)
+        total = got.contribution.sum(axis=1) + got.remainder
+        np.testing.assert_allclose(total, got.logit, atol=1e-5, rtol=0)

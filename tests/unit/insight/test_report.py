@@ -8,6 +8,7 @@ import json
 import re
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,9 +134,42 @@ def test_report_cli_answers_bad_arguments_clearly(ci_study, tmp_path, capsys):
     assert main(base[:6] + [f"{data}/nope.jsonl", "--out", str(tmp_path / "r"), "--versions", v]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"ads": [{"features": {"bogus": "x"}}], "clicks": [0]}\n')
+    bad.write_text('{"ads": [{"features": {"bogus": "x"}}, {"features": {}}], "clicks": [0, 1]}\n')
     assert main(base[:6] + [f"{bad},{bad}", "--out", str(tmp_path / "r"), "--versions", v]) == 2
-    assert "bad.jsonl:1" in capsys.readouterr().err
+    assert "bad.jsonl:1: group 'bogus' is in none of the versions' models" in capsys.readouterr().err
+
+
+def test_versions_may_differ_in_groups_and_depth_and_a_log_needs_both_classes(tmp_path, capsys):
+    from scoring.model.package import load_package
+
+    from ...models import make_model, random_request
+
+    repo = tmp_path / "repo"
+    make_model(repo / "ctr" / "a", version="a", hidden=(16, 8), seed=1)
+    make_model(repo / "ctr" / "b", version="b", hidden=(24, 16, 8), seed=2,
+               ad=(("ad_id", 5000, 8, "sum"), ("category", 100, 4, "mean"), ("brand", 50, 4, "sum")))
+    pkg = load_package(repo / "ctr" / "b")
+    rng = np.random.default_rng(0)
+    for name, n, rate in (("train", 300, 0.3), ("test", 200, 0.3), ("none", 50, 0.0)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            for _ in range(n):
+                ctx, ads = random_request(rng, pkg, int(rng.integers(1, 5)))
+                f.write(json.dumps({"context": ctx, "ads": ads,
+                                    "clicks": [int(rng.random() < rate) for _ in ads]}) + "\n")
+    args = ["report", "--model-repo", str(repo), "--model", "ctr", "--out", str(tmp_path / "r"),
+            "--tsne-rows", "300", "--tsne-iter", "250", "--probe-rows", "500"]
+    # version a has no "brand" group and one layer fewer: the group is absent there, not an error
+    for order in ("b,a", "a,b"):
+        assert main(args + ["--versions", order, "--data",
+                            f"{tmp_path}/train.jsonl,{tmp_path}/test.jsonl"]) == 0, capsys.readouterr()
+        report = json.loads((tmp_path / "r" / "report.json").read_text())
+        shares = report["findings"]["influence_share"]["brand"]
+        assert shares[order.split(",").index("a")] is None and shares[order.split(",").index("b")] > 0
+        assert "brand" in (tmp_path / "r" / "index.html").read_text()
+        assert report["results"]["a"]["test"]["groups_left_out"] == ["brand"]
+        assert report["results"]["b"]["test"]["groups_left_out"] == []
+    assert main(args + ["--versions", "a", "--data", f"{tmp_path}/train.jsonl,{tmp_path}/none.jsonl"]) == 2
+    assert "none.jsonl: clicks: every row is 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
