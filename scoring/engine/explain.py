@@ -47,9 +47,10 @@ def _relu_grad(h, act, v):
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
-def explain_rows(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_cols, ctx_dims,
-                 ctx_ids, ctx_keys, ctx_lens, ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean,
-                 ad_cols, ad_dims, ad_ids, ad_keys, ad_lens, dense, dense_col, n_ads, w_ctx, b0,
+def explain_rows(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_modes, ctx_serving,
+                 ctx_cols, ctx_dims, ctx_ids, ctx_keys, ctx_lens, ctx_wts, ad_tables, ad_kinds,
+                 ad_qparams, ad_buckets, ad_modes, ad_serving, ad_cols, ad_dims, ad_ids, ad_keys,
+                 ad_lens, ad_wts, dense, dense_col, n_ads, w_ctx, b0,
                  w_ad, act0, params, layers, wt_ctx, wt_ad, tparams, tlayers, zeros, x_ctx,
                  ctx_counts, c, xa, hs, da, db, g_ctx, g_ad, counts, small_batch, idx, vals,
                  column, out):
@@ -66,8 +67,8 @@ def explain_rows(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_
     column ``3 + column[s]`` the contribution ``sum of x * d logit / d x`` and at column
     ``3 + n_slots + column[s]`` the influence ``p (1 - p) || d logit / d x ||`` over the slot's
     columns. Returns the first ad whose logit or attributions are not finite, or -1."""
-    kernels.context_bias(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_cols,
-                         ctx_dims, ctx_ids, ctx_keys, ctx_lens, w_ctx, b0, x_ctx, ctx_counts, c,
+    kernels.context_bias(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_modes, ctx_serving,
+                         ctx_cols, ctx_dims, ctx_ids, ctx_keys, ctx_lens, ctx_wts, w_ctx, b0, x_ctx, ctx_counts, c,
                          idx, vals, kernels.PREC_F32)
     chunk = xa.shape[0]
     n_slots = ad_buckets.shape[0]
@@ -84,9 +85,9 @@ def explain_rows(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_
     v = 0
     for row0 in range(0, n_ads, chunk):
         n = min(chunk, n_ads - row0)
-        e, v = kernels.pool_embeddings(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean,
-                                       ad_cols, ad_dims, ad_ids, ad_keys, ad_lens, n_slots, row0, n,
-                                       e, v, xa, counts)
+        e, v = kernels.pool_embeddings(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_modes,
+                                       ad_serving, ad_cols, ad_dims, ad_ids, ad_keys, ad_lens,
+                                       ad_wts, n_slots, row0, n, e, v, xa, counts)
         for r in range(n):
             for d in range(dense_dim):
                 xa[r, dense_col + d] = dense[row0 + r, d]
@@ -336,8 +337,8 @@ class Explainer:
             s = self._scratch()
             try:
                 bad = explain_rows(*e._ctx.args(), batch.ctx_ids, batch.ctx_keys, batch.ctx_lens,
-                                   *e._ad.args(), batch.ad_ids, batch.ad_keys, batch.ad_lens,
-                                   batch.dense, e.dense_col, n, e.w_ctx, e.b0, e.w_ad, e.act0,
+                                   batch.ctx_wts, *e._ad.args(), batch.ad_ids, batch.ad_keys,
+                                   batch.ad_lens, batch.ad_wts, batch.dense, e.dense_col, n, e.w_ctx, e.b0, e.w_ad, e.act0,
                                    e.params, e.layers, self.wt_ctx, self.wt_ad, self.tparams,
                                    self.tlayers, self.zeros, s.x_ctx, s.ctx_counts, s.c, s.xa,
                                    s.hs, s.da, s.db, s.g_ctx, s.g_ad, s.counts, e.small_batch,

@@ -111,6 +111,9 @@ def describe_value(value: Any) -> str:
     return type(value).__name__
 
 
+NO_WEIGHTS = np.ones(0, dtype=np.float32)  # no weighted group: the kernels never read it
+
+
 @dataclass
 class EncodedBatch:
     """One request, hashed: what the engine's kernels take."""
@@ -123,6 +126,14 @@ class EncodedBatch:
     ad_lens: np.ndarray   # int64
     dense: np.ndarray     # float32 [n_ads, dense_dim]
     n_ads: int
+    ctx_wts: np.ndarray = None  # type: ignore[assignment]  # float32 per context value (weighted groups)
+    ad_wts: np.ndarray = None   # type: ignore[assignment]  # float32 per ad value
+
+    def __post_init__(self) -> None:
+        if self.ctx_wts is None:
+            self.ctx_wts = NO_WEIGHTS
+        if self.ad_wts is None:
+            self.ad_wts = NO_WEIGHTS
 
 
 def _collect(values: list[Any], keys: list[int], lens: list[int], groups: Any,

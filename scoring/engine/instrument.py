@@ -28,12 +28,14 @@ def pooled_inputs(engine: "Engine", batch: EncodedBatch) -> tuple[np.ndarray, np
     x_ctx = np.zeros((1, max(1, ctx.width)), dtype=np.float32)
     ctx_counts = np.zeros(max(1, len(engine.layout.ctx_groups)), dtype=np.float32)
     kernels.pool_embeddings(*ctx.args(), batch.ctx_ids, batch.ctx_keys, batch.ctx_lens,
+                            batch.ctx_wts,
                             len(engine.layout.ctx_groups), 0, 1, 0, 0, x_ctx, ctx_counts)
     n = batch.n_ads
     x_ad = np.zeros((n, max(1, engine.ad_width)), dtype=np.float32)
     counts = np.zeros(max(1, n * len(engine.layout.ad_groups)), dtype=np.float32)
     if n:
         kernels.pool_embeddings(*ad.args(), batch.ad_ids, batch.ad_keys, batch.ad_lens,
+                                batch.ad_wts,
                                 len(engine.layout.ad_groups), 0, n, 0, 0, x_ad, counts)
         if batch.dense.shape[1]:
             x_ad[:, engine.dense_col:engine.dense_col + batch.dense.shape[1]] = batch.dense

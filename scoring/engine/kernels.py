@@ -43,6 +43,11 @@ PREC_BF16_NATIVE = 2
 TABLE_F32 = 0
 TABLE_F16 = 1
 TABLE_INT8_ROWWISE = 2
+# pooling of a group (``modes`` of pool_embeddings), contract sections 1 and 2b
+POOL_SUM = 0
+POOL_MEAN = 1
+POOL_SQRTN = 2
+POOL_WEIGHTED = 3
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
@@ -59,8 +64,8 @@ _ACC_I8 = make_row_accumulate("int8")
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
-def pool_embeddings(tables, kinds, qparams, buckets, is_mean, cols, dims, ids, keys, lens, n_slots,
-                    row0, n_rows, e_start, v_start, out, counts):
+def pool_embeddings(tables, kinds, qparams, buckets, modes, serving, cols, dims, ids, keys, lens,
+                    wts, n_slots, row0, n_rows, e_start, v_start, out, counts):
     """Pool rows ``row0 .. row0 + n_rows`` of one side's groups into ``out[row - row0, cols[slot]:]``.
 
     ``tables[slot]`` is the address of the slot's table (C order, ``dims[slot]`` wide) stored as
@@ -68,9 +73,12 @@ def pool_embeddings(tables, kinds, qparams, buckets, is_mean, cols, dims, ids, k
     ``qparams[slot]``, read back as ``q * scale + offset`` (contract section 2b).
     Values come run-length encoded: entry ``e`` says ``lens[e]`` consecutive ``ids`` belong to
     ``keys[e] = row * n_slots + slot`` (non-decreasing in row). Each id adds table row
-    ``id % buckets[slot]``; mean pooling divides by the value count; a group with no value stays a
-    zero vector. Starts at entry ``e_start`` / value ``v_start`` and returns where it stopped, so
-    chunks of rows walk the arrays once.
+    ``id % buckets[slot]``; ``modes[slot]`` says how they pool: ``POOL_SUM``, ``POOL_MEAN``
+    (divided by the value count), ``POOL_SQRTN`` (by its square root) or ``POOL_WEIGHTED`` (each
+    row times ``wts[value]``). A group with no value stays a zero vector, unless
+    ``serving[slot]`` names a table row (>= 0): a format 2 group's serving value, assumed when
+    the request does not send it. Starts at entry ``e_start`` / value ``v_start`` and returns
+    where it stopped, so chunks of rows walk the arrays once.
     """
     for r in range(n_rows):
         for s in range(n_slots):
@@ -104,35 +112,39 @@ def pool_embeddings(tables, kinds, qparams, buckets, is_mean, cols, dims, ids, k
         key = keys[e] - base
         r = key // n_slots
         s = key - r * n_slots
-        bk = buckets[s]
-        c0 = cols[s]
-        dim = dims[s]
         m = lens[e]
-        kind = kinds[s]
-        addr = tables[s]
-        if kind == TABLE_F32:
-            for q in range(v, v + m):
-                _ACC_F32(out, r, c0, addr + np.int64(_bucket(ids[q], bk)) * dim * 4, dim, 1.0, 0.0)
-        elif kind == TABLE_INT8_ROWWISE:
-            qp = f32_at(qparams[s])
-            for q in range(v, v + m):
-                row = np.int64(_bucket(ids[q], bk))
-                _ACC_I8(out, r, c0, addr + row * dim, dim, qp[2 * row], qp[2 * row + 1])
-        else:
-            for q in range(v, v + m):
-                _ACC_F16(out, r, c0, addr + np.int64(_bucket(ids[q], bk)) * dim * 2, dim, 1.0, 0.0)
+        weighted = modes[s] == POOL_WEIGHTED and wts.shape[0] > 0  # no weights sent: 1 each
+        for q in range(v, v + m):
+            _add_row(tables[s], kinds[s], qparams[s], dims[s], np.int64(_bucket(ids[q], buckets[s])),
+                     out, r, cols[s], wts[q] if weighted else np.float32(1.0))
         counts[key] += m
         v += m
         e += 1
     for r in range(n_rows):
         for s in range(n_slots):
             cnt = counts[r * n_slots + s]
-            if is_mean[s] and cnt > 1.0:
-                inv = np.float32(1.0) / cnt
+            mode = modes[s]
+            if cnt == 0.0 and serving[s] >= 0:
+                _add_row(tables[s], kinds[s], qparams[s], dims[s], serving[s], out, r, cols[s],
+                         np.float32(1.0))
+            elif cnt > 1.0 and (mode == POOL_MEAN or mode == POOL_SQRTN):
+                inv = np.float32(1.0) / (cnt if mode == POOL_MEAN else np.float32(math.sqrt(cnt)))
                 c0 = cols[s]
                 for d in range(dims[s]):
                     out[r, c0 + d] *= inv
     return e, v
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _add_row(addr, kind, qaddr, dim, row, out, r, c0, weight):
+    """``out[r, c0:c0 + dim] += weight * table row``, the row read as its storage says."""
+    if kind == TABLE_F32:
+        _ACC_F32(out, r, c0, addr + row * dim * 4, dim, weight, 0.0)
+    elif kind == TABLE_INT8_ROWWISE:
+        qp = f32_at(qaddr)
+        _ACC_I8(out, r, c0, addr + row * dim, dim, qp[2 * row] * weight, qp[2 * row + 1] * weight)
+    else:
+        _ACC_F16(out, r, c0, addr + row * dim * 2, dim, weight, 0.0)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
@@ -233,12 +245,14 @@ def dense_layer(x, n, k_in, w, bias, y, act, small_batch, idx, vals):
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
-def context_bias(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_cols, ctx_dims,
-                 ctx_ids, ctx_keys, ctx_lens, w_ctx, b0, x_ctx, counts, c, idx, vals, prec):
+def context_bias(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_modes, ctx_serving, ctx_cols,
+                 ctx_dims, ctx_ids, ctx_keys, ctx_lens, ctx_wts, w_ctx, b0, x_ctx, counts, c, idx,
+                 vals, prec):
     """``c = b0 + pooled_context @ W_ctx``: layer 1's context part, once per request."""
     n_slots = ctx_buckets.shape[0]
-    pool_embeddings(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_mean, ctx_cols, ctx_dims,
-                    ctx_ids, ctx_keys, ctx_lens, n_slots, 0, 1, 0, 0, x_ctx, counts)
+    pool_embeddings(ctx_tables, ctx_kinds, ctx_qparams, ctx_buckets, ctx_modes, ctx_serving,
+                    ctx_cols, ctx_dims, ctx_ids, ctx_keys, ctx_lens, ctx_wts, n_slots, 0, 1, 0, 0,
+                    x_ctx, counts)
     k_in = w_ctx.shape[0]
     if prec != PREC_F32:
         round_bf16(x_ctx, 1, k_in)
@@ -342,8 +356,8 @@ def mlp_rows(x, n, c, w_ad, act0, params, layers, buf_a, buf_b, small_batch, idx
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, _nrt=False)
-def forward(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, ad_dims, ad_ids, ad_keys,
-            ad_lens, dense, dense_col, c, w_ad, act0, params, layers, n_ads, buf_a, buf_b, counts,
+def forward(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_modes, ad_serving, ad_cols, ad_dims,
+            ad_ids, ad_keys, ad_lens, ad_wts, dense, dense_col, c, w_ad, act0, params, layers, n_ads, buf_a, buf_b, counts,
             small_batch, idx, vals, prec, wpack, ptab, xp, out):
     """Score ``n_ads`` ads in chunks of ``buf_a.shape[0]`` rows: pool the ad groups and copy the
     dense features into ``buf_a``, run the layers, and write ad i's pCTR to ``out[i]``. Returns
@@ -356,9 +370,9 @@ def forward(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols, ad_di
     bad = -1
     for row0 in range(0, n_ads, chunk):
         n = min(chunk, n_ads - row0)
-        e, v = pool_embeddings(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_mean, ad_cols,
-                               ad_dims, ad_ids, ad_keys, ad_lens, n_slots, row0, n, e, v, buf_a,
-                               counts)
+        e, v = pool_embeddings(ad_tables, ad_kinds, ad_qparams, ad_buckets, ad_modes, ad_serving,
+                               ad_cols, ad_dims, ad_ids, ad_keys, ad_lens, ad_wts, n_slots, row0,
+                               n, e, v, buf_a, counts)
         for r in range(n):
             for d in range(dense_dim):
                 buf_a[r, dense_col + d] = dense[row0 + r, d]

@@ -129,6 +129,19 @@ _KINDS = {"float32": kernels.TABLE_F32, "float16": kernels.TABLE_F16,
           "int8_rowwise": kernels.TABLE_INT8_ROWWISE}
 
 
+POOL_MODES = {"sum": kernels.POOL_SUM, "mean": kernels.POOL_MEAN, "sqrtn": kernels.POOL_SQRTN,
+              "weighted_sum": kernels.POOL_WEIGHTED}
+
+
+def serving_row(group) -> int:
+    """The table row of a group's serving value (format 2), or -1."""
+    value = getattr(group, "serving_value", None)
+    if value is None:
+        return -1
+    from .features import feature_id
+    return int(feature_id(value, f"groups.{group.name}.serving_value") % group.buckets)
+
+
 class _SidePlan:
     """Kernel arguments for one side's groups (context or ad)."""
 
@@ -144,14 +157,16 @@ class _SidePlan:
                                 dtype=np.int64)
         self.kinds = np.array([_KINDS[d] for d in dtypes] or [0], dtype=np.int64)
         self.buckets = np.array([g.buckets for g in groups], dtype=np.uint64)
-        self.mean = np.array([g.pooling == "mean" for g in groups], dtype=np.bool_)
+        self.modes = np.array([POOL_MODES[g.pooling] for g in groups], dtype=np.int64)
+        self.serving = np.array([serving_row(g) for g in groups], dtype=np.int64)
         self.dims = np.array([g.dim for g in groups], dtype=np.int64)
         self.cols = np.concatenate([[0], np.cumsum(self.dims)[:-1]]).astype(np.int64) \
             if len(groups) else np.zeros(0, dtype=np.int64)
         self.width = int(self.dims.sum())
 
     def args(self) -> tuple:
-        return (self.tables, self.kinds, self.qparams, self.buckets, self.mean, self.cols, self.dims)
+        return (self.tables, self.kinds, self.qparams, self.buckets, self.modes, self.serving,
+                self.cols, self.dims)
 
 
 def _readonly_table(t: np.ndarray) -> np.ndarray:
@@ -271,10 +286,11 @@ class Engine:
         try:
             ctx = self._ctx
             kernels.context_bias(*ctx.args(), batch.ctx_ids, batch.ctx_keys, batch.ctx_lens,
-                                 self.w_ctx, self.b0, s.x_ctx, s.ctx_counts, s.c, s.idx, s.vals,
+                                 batch.ctx_wts, self.w_ctx, self.b0, s.x_ctx, s.ctx_counts, s.c, s.idx, s.vals,
                                  self.prec)
             ad = self._ad
-            bad = kernels.forward(*ad.args(), batch.ad_ids, batch.ad_keys, batch.ad_lens, batch.dense,
+            bad = kernels.forward(*ad.args(), batch.ad_ids, batch.ad_keys, batch.ad_lens,
+                                  batch.ad_wts, batch.dense,
                                   self.dense_col, s.c, self.w_ad, self.act0, self.params,
                                   self.layers, batch.n_ads, s.buf_a, s.buf_b, s.counts,
                                   self.small_batch, s.idx, s.vals, self.prec, self.wpack,

@@ -303,9 +303,10 @@ def _half_bits_to_float(b, bits, vec: bool):
 
 
 def make_row_accumulate(storage: str):
-    """An intrinsic ``acc(out, r, c0, src, dim, scale, offset)``: ``out[r, c0:c0 + dim] += row``,
-    where ``row`` is the table row at address ``src`` stored as ``storage`` ("float32",
-    "float16" or "int8"; an int8 row reads as ``q * scale + offset``, float32 arithmetic),
+    """An intrinsic ``acc(out, r, c0, src, dim, scale, offset)``: ``out[r, c0:c0 + dim] += row *
+    scale + offset``, where ``row`` is the table row at address ``src`` stored as ``storage``
+    ("float32", "float16" or "int8": an int8 row's (scale, offset) are its quantization, times a
+    weighted group's weight; float32 arithmetic),
     sixteen lanes at a time, the rest one by one.
 
     Written as IR because LLVM does not vectorise the plain loop: it cannot tell that the
@@ -351,17 +352,13 @@ def make_row_accumulate(storage: str):
             with cgutils.for_range(b, n_vec) as loop:
                 j = b.mul(loop.index, _I64(LANES))
                 raw = b.load(b.bitcast(b.gep(src_p, [j]), vec_ty.as_pointer()), align=align)
-                x = widen(b, raw, True)
-                if storage == "int8":
-                    x = b.call(e.fma, [x, sc_v, of_v])
+                x = b.call(e.fma, [widen(b, raw, True), sc_v, of_v])
                 o = e.load_vec(b.gep(out_p, [j]), 0)
                 e.store_vec(b.fadd(o, x), b.gep(out_p, [j]), 0)
             start = b.mul(n_vec, _I64(LANES))
             with cgutils.for_range(b, b.sub(dim_v, start)) as loop:
                 j = b.add(start, loop.index)
-                x = widen(b, b.load(b.gep(src_p, [j]), align=align), False)
-                if storage == "int8":
-                    x = b.fadd(b.fmul(x, sc), of)
+                x = b.fadd(b.fmul(widen(b, b.load(b.gep(src_p, [j]), align=align), False), sc), of)
                 p = b.gep(out_p, [j])
                 b.store(b.fadd(b.load(p, align=4), x), p, align=4)
             return context.get_dummy_value()

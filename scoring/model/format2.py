@@ -42,7 +42,7 @@ from .manifest import (
     group_entries,
 )
 
-POOLINGS_V2 = ("sum", "mean")  # the contract's sqrtn and weighted_sum arrive with the model families
+POOLINGS_V2 = ("sum", "mean", "sqrtn", "weighted_sum")
 _LATER = "is defined by format 2 but not run by this version of the engine"
 
 
@@ -85,14 +85,16 @@ def _groups(raw: Mapping[str, Any], tables: Mapping[str, TableSpec]) -> list[Gro
         key = _field(g, "table", str, where)
         if key not in tables:
             raise _err(f"{where}table {key!r} is not in tables (known: {sorted(tables)})")
-        pooling = _field(g, "pooling", str, where)
-        if pooling not in POOLINGS_V2:
-            raise _err(f"{where}pooling {pooling!r} {_LATER}; expected one of {list(POOLINGS_V2)}")
-        if "serving_value" in g:
-            raise _err(f"{where}serving_value {_LATER}")
+        pooling = _choice(g, "pooling", POOLINGS_V2, where)
+        serving = g.get("serving_value")
+        if "serving_value" in g and not (isinstance(serving, str) or (
+                isinstance(serving, int) and not isinstance(serving, bool) and 0 <= serving < 2**64)):
+            raise _err(f"{where}serving_value must be a string or an id (0 <= id < 2**64), got "
+                       f"{serving!r}")
         t = tables[key]
         groups.append(GroupSpec(name=gname, side=_choice(g, "side", SIDES, where), buckets=t.rows,
-                                dim=t.dim, pooling=pooling, table=t.file, table_name=key))
+                                dim=t.dim, pooling=pooling, table=t.file, table_name=key,
+                                serving_value=serving))
     return groups
 
 
@@ -155,19 +157,42 @@ def _output(raw: Mapping[str, Any], mlp_name: str) -> None:
         raise _err(f"primary must name an output ({name!r}), got {primary!r}")
 
 
+def _one_mlp(raw: Mapping[str, Any], groups: list[GroupSpec]) -> bool:
+    """The shape every format 1 package has (one concat feeding one mlp, one sigmoid output,
+    sum or mean pooling): the MLP engine runs it. Anything else is a model graph."""
+    blocks, outputs = raw.get("blocks"), raw.get("outputs")
+    if not (isinstance(blocks, list) and isinstance(outputs, list) and len(blocks) == 2
+            and all(isinstance(b, dict) for b in blocks)):
+        return not (isinstance(blocks, list) and len(blocks) != 2 and blocks)  # errors: one-mlp
+    ops = [b.get("op") if isinstance(b, dict) else None for b in blocks]
+    one_output = len(outputs) == 1 and isinstance(outputs[0], dict) and \
+        "product" not in outputs[0] and not outputs[0].get("ignores")
+    plain = all(g.pooling in ("sum", "mean") and g.serving_value is None for g in groups)
+    return ops == ["concat", "mlp"] and one_output and plain and \
+        blocks[0].get("inputs") in (["@groups", "@dense"], ["@groups"]) and \
+        blocks[1].get("input") == blocks[0].get("name") and \
+        outputs[0].get("from") == blocks[1].get("name") and outputs[0].get("activation") == "sigmoid"
+
+
 def parse_format2(raw: Mapping[str, Any]) -> Manifest:
     name = check_name(_field(raw, "name", str, ""), f"{MANIFEST}: name")
     version = check_name(_field(raw, "version", str, ""), f"{MANIFEST}: version")
     dense_dim = _positive_int(raw, "dense_dim", "", minimum=0) if "dense_dim" in raw else 0
     tables = _tables(raw)
     groups = _groups(raw, tables)
-    mlp_name, layers, precision = _mlp(raw, dense_dim)
-    _output(raw, mlp_name)
     if sum(g.dim for g in groups) + dense_dim == 0:
         raise _err("the model has no inputs (no groups and dense_dim 0)")
-    manifest = Manifest(name=name, version=version, groups=tuple(groups), dense_dim=dense_dim,
-                        layers=tuple(layers), raw=raw, format_version=2, tables=tables,
-                        mlp_precision=precision)
+    if _one_mlp(raw, groups):
+        mlp_name, layers, precision = _mlp(raw, dense_dim)
+        _output(raw, mlp_name)
+        manifest = Manifest(name=name, version=version, groups=tuple(groups), dense_dim=dense_dim,
+                            layers=tuple(layers), raw=raw, format_version=2, tables=tables,
+                            mlp_precision=precision)
+    else:
+        from .graph import parse_graph
+        graph = parse_graph(raw, groups, tables, dense_dim, _err)
+        manifest = Manifest(name=name, version=version, groups=tuple(groups), dense_dim=dense_dim,
+                            layers=(), raw=raw, format_version=2, tables=tables, graph=graph)
     files = manifest.files()
     if CHECKSUMS in files or MANIFEST in files:
         raise _err(f"arrays may not be named {MANIFEST} or {CHECKSUMS}")

@@ -65,6 +65,7 @@ class GroupSpec:
     pooling: str
     table: str
     table_name: str = ""
+    serving_value: Any = None  # format 2: the value assumed when a request does not send it
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     tables: Mapping[str, TableSpec] = field(default_factory=dict, compare=False)
     mlp_precision: str = "float32"  # format 2's mlp block "precision": "float32" or "bf16"
+    graph: Any = None  # format 2 beyond one mlp: a scoring.model.graph.Graph (layers empty)
 
     @property
     def input_dim(self) -> int:
@@ -104,6 +106,8 @@ class Manifest:
             names += table.files()
         for layer in self.layers:
             names += [layer.weight, layer.bias]
+        if self.graph is not None:
+            names += self.graph.files()
         return list(dict.fromkeys(names))
 
 

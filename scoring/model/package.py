@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,8 @@ class ModelPackage:
     # every table of the manifest by name (also one no group reads): (array, qparams or None)
     table_arrays: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
     baseline: dict | None = None  # health/baseline.json when the package has one (model.baseline)
+    # a model graph's arrays (mlp, cross), by file name (scoring.model.graph)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.qparams:
@@ -63,7 +65,8 @@ class ModelPackage:
 
     @property
     def nbytes(self) -> int:
-        return sum(self.table_bytes().values()) + sum(a.nbytes for a in self.weights + self.biases)
+        return (sum(self.table_bytes().values()) + sum(a.nbytes for a in self.weights + self.biases)
+                + sum(a.nbytes for a in self.arrays.values()))
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -154,6 +157,8 @@ def load_package(root: str | os.PathLike, *, verify: bool = True, finite: bool =
         opened[t.name] = (arr, q)
     tables = [opened[g.table_name][0] for g in manifest.groups]
     qparams = [opened[g.table_name][1] for g in manifest.groups]
+    if manifest.graph is not None:
+        return _load_graph(root, manifest, opened, tables, qparams, listed, sums, finite)
     weights, biases = [], []
     fan_in = manifest.input_dim
     for i, layer in enumerate(manifest.layers):
@@ -199,6 +204,38 @@ def load_package(root: str | os.PathLike, *, verify: bool = True, finite: bool =
 
 
 MAX_BASELINE_BYTES = 32 << 20
+
+
+def _load_graph(root: Path, manifest, opened, tables, qparams, listed: bytes, sums, finite: bool):
+    """A model graph's package: its arrays' shapes checked against the graph, then mapped."""
+    from .graph import resolve
+
+    def shape_of(name: str) -> tuple[int, ...]:
+        path = root / name
+        if path.is_symlink() or not path.is_file():
+            raise PackageError(f"{name}: missing (named by a block of {MANIFEST})")
+        try:
+            return tuple(_npy_shape(path))
+        except Exception as exc:
+            raise PackageError(f"{name}: cannot be read as a .npy array ({exc})") from None
+
+    graph = resolve(manifest.graph, {g.name: g.dim for g in manifest.groups}, manifest.dense_dim,
+                    shape_of, lambda text: PackageError(f"{MANIFEST}: {text}"))
+    manifest = replace(manifest, graph=graph)
+    arrays = {name: _open_array(root, name, shape_of(name), "a block's array")
+              for name in manifest.graph.files()}
+    if finite:
+        for t, (arr, q) in ((manifest.tables[k], v) for k, v in opened.items()):
+            if arr.dtype.kind == "f":
+                check_finite(arr, t.file)
+            if q is not None:
+                check_finite(q, t.qparams)
+                check_qparams(q, t.qparams)
+        for name, arr in arrays.items():
+            check_finite(arr, name)
+    return ModelPackage(path=root, manifest=manifest, tables=tables, weights=[], biases=[],
+                        checksums=sums, md5=hashlib.md5(listed).hexdigest(), qparams=qparams,
+                        table_arrays=opened, baseline=None, arrays=arrays)
 
 
 def _read_baseline(root: Path, sums: dict[str, str], widths: list[int]) -> dict | None:

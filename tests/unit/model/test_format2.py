@@ -119,15 +119,16 @@ def test_a_table_no_group_reads_is_kept_counted_and_converted(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda m: m["blocks"].insert(1, {"name": "fm", "op": "fm2", "inputs": ["@groups"]}), "'fm2'"),
-    (lambda m: m["groups"][0].update(pooling="sqrtn"), "pooling 'sqrtn'"),
-    (lambda m: m["groups"][0].update(serving_value="1"), "serving_value"),
+    (lambda m: m["blocks"].insert(1, {"name": "fm", "op": "fm2", "inputs": ["x"]}),
+     "fm2 takes field vectors"),
+    (lambda m: m["groups"][0].update(pooling="max"), "pooling must be one of"),
+    (lambda m: m["groups"][0].update(serving_value=1.5), "serving_value must be a string or an id"),
     (lambda m: m["groups"][0].update(table="nope"), "table 'nope' is not in tables"),
     (lambda m: m["tables"]["t"].update(dtype="int8_rowwise"), "tables.t.qparams is missing"),
     (lambda m: m["tables"]["t"].update(dtype="int4"), "tables.t.dtype must be one of"),
     (lambda m: m["tables"]["t"].update(qparams="q.npy"), "only for dtype 'int8_rowwise'"),
-    (lambda m: m["outputs"].append({"name": "pcvr", "from": "deep", "activation": "sigmoid"}),
-     "several outputs"),
+    (lambda m: m["outputs"].append({"name": "pcvr", "from": "nope", "activation": "sigmoid"}),
+     "from must name a block"),
     (lambda m: m["blocks"][1]["layers"][1].update(activation="sigmoid"), "activation 'sigmoid'"),
     (lambda m: m.update(primary="pcvr"), "primary"),
     (lambda m: m.update(format_version=3), "format_version"),
