@@ -2,11 +2,23 @@
 
 ``xxh64`` and ``jsonscan`` (raw body bytes -> hashed ids, compiled), ``features`` (decoded request
 -> hashed ids, naming any bad field), ``kernels`` and ``simd`` (gather + pooling, dense layers),
-``config`` (compiler flags), ``scorer`` (:class:`Engine`: a loaded model, weights laid out once,
-scratch pooled, warm-up). Uses :mod:`scoring.model` and :mod:`scoring.errors`; the kernels import
-nothing of ours.
+``config`` (compiler flags), ``scorer`` (:class:`Engine`: a loaded MLP model, weights laid out
+once, scratch pooled, warm-up), ``graph`` + ``graph_kernels`` (:class:`GraphEngine`: a format 2
+model graph compiled into one plan). Uses :mod:`scoring.model` and :mod:`scoring.errors`; the
+kernels import nothing of ours.
 """
+
+from typing import Any
 
 from .scorer import Engine
 
-__all__ = ["Engine"]
+
+def make_engine(package: Any, **kw: Any) -> Any:
+    """The engine a package needs: the MLP engine, or the graph engine for a model graph."""
+    if getattr(package.manifest, "graph", None) is not None:
+        from .graph import GraphEngine
+        return GraphEngine(package, **kw)
+    return Engine(package, **kw)
+
+
+__all__ = ["Engine", "make_engine"]

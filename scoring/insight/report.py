@@ -89,7 +89,11 @@ def load_engine(repo: Path, model: str, version: str):
     path = Path(repo) / model / version
     if not path.is_dir():
         raise ValueError(f"--versions: {version!r} is not in {Path(repo) / model}")
-    return Engine(load_package(path))
+    pkg = load_package(path)
+    if pkg.manifest.graph is not None:
+        raise ValueError(f"--versions: {version!r} is a format 2 model graph; the study looks "
+                         "inside MLP packages (pooled groups -> ReLU MLP -> sigmoid)")
+    return Engine(pkg)
 
 
 def build_report(repo: Path, model: str, versions: list[str], data: list[Path], out: Path,

@@ -48,13 +48,17 @@ class LiveModel:
             out["inputs"] = {"groups": [{"name": g.name, "side": g.side, "dim": g.dim,
                                          "pooling": g.pooling} for g in manifest.groups],
                              "dense_dim": manifest.dense_dim}
+            if manifest.graph is not None:  # a model graph: its outputs, the primary first
+                out["outputs"] = list(self.scorer.output_names)
+                out["primary"] = manifest.graph.primary
+                out["family"] = manifest.raw.get("family")
         return out
 
 
 def load_native(name: str, version: str, path: str) -> LiveModel:
     """Validate, map, lay out and warm one package version (seconds; not on the request path).
     ``path`` is where the package is; the model shows ``<name>/<version>``, never a host path."""
-    from ..engine import Engine
+    from ..engine import make_engine
     from ..model.package import load_package
 
     t0 = time.perf_counter()
@@ -62,7 +66,7 @@ def load_native(name: str, version: str, path: str) -> LiveModel:
     if package.manifest.name != name:
         raise PackageError(f"manifest.json: name {package.manifest.name!r} does not match the "
                            f"repository's model directory {name!r}")
-    engine = Engine(package, warm=True)
+    engine = make_engine(package, warm=True)
     return LiveModel(name=name, version=version, scorer=engine, kind=NATIVE, md5=package.md5,
                      path=f"{name}/{version}", nbytes=package.nbytes, load_seconds=time.perf_counter() - t0,
                      warm_seconds=engine.warm_seconds)

@@ -401,10 +401,12 @@ class SwapGate:
     def judge(self, candidate: Any, current: Any | None) -> Decision | None:
         config = self.config_for(candidate.name)
         engine = candidate.scorer
-        if not config.enabled or getattr(engine, "package", None) is None:
+        if not config.enabled or getattr(engine, "package", None) is None \
+                or not getattr(engine, "supports_health", True):  # model graphs: not yet
             return None
         live = current.scorer if current is not None and getattr(
-            current.scorer, "package", None) is not None else None
+            current.scorer, "package", None) is not None and getattr(
+            current.scorer, "supports_health", True) else None
         samples = []
         if self.monitor is not None and live is not None:
             self.monitor.drain(flush=False)  # the samples still queued count too

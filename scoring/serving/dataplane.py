@@ -83,12 +83,19 @@ class DataPlane:
             scorer = model.scorer
             score_async = getattr(scorer, "score_async", None)
             if score_async is None:
-                if sampled and getattr(scorer, "score_json", None) is not None:  # our engine
-                    scores = scorer.score(request.context, ads, monitor.keeper(model))
+                heads = getattr(scorer, "output_names", ())
+                if len(heads) > 1:  # a multi-head model graph: every output, the primary as scores
+                    outputs = scorer.score_outputs(request.context, ads)
+                    doc = {"model": model.name, "version": model.version,
+                           "scores": outputs[heads[scorer.primary]], "outputs": outputs,
+                           "request_id": request.request_id}
                 else:
-                    scores = scorer.score(request.context, ads)
-                doc = {"model": model.name, "version": model.version, "scores": scores,
-                       "request_id": request.request_id}
+                    if sampled and getattr(scorer, "score_json", None) is not None:  # our engine
+                        scores = scorer.score(request.context, ads, monitor.keeper(model))
+                    else:
+                        scores = scorer.score(request.context, ads)
+                    doc = {"model": model.name, "version": model.version, "scores": scores,
+                           "request_id": request.request_id}
             else:  # TF Serving models and experiment arms: a Scored that says who scored
                 arm_model = getattr(scorer, "live", None) if sampled else None  # an experiment arm
                 if arm_model is not None and getattr(arm_model.scorer, "score_json", None) is not None:
@@ -122,8 +129,10 @@ class DataPlane:
             raise PayloadTooLarge(f"ads: {len(ads)} ads, more than {self.max_explain_ads} in one "
                                   "explain request; split the batch")
         if explain is None:
-            raise InvalidRequest(f"model {name!r} is served by {model.kind}; explain needs a "
-                                 "model the service's own engine runs")
+            what = (f"a {getattr(model.scorer, 'kind', 'graph')} model (format 2 blocks)"
+                    if model.kind == NATIVE else f"served by {model.kind}")
+            raise InvalidRequest(f"model {name!r} is {what}; explain answers MLP models "
+                                 "(pooled groups -> ReLU MLP -> sigmoid)")
         result = explain(request.context, ads)
         return _DUMPS({"model": model.name, "version": model.version,
                        "request_id": request.request_id, "ads": result.to_json()})
