@@ -165,6 +165,8 @@ class FeatureLayout:
         self.ad_groups = tuple(g for g in groups if g.side == "ad")
         self.ctx_slot = {g.name: i for i, g in enumerate(self.ctx_groups)}
         self.ad_slot = {g.name: i for i, g in enumerate(self.ad_groups)}
+        # format 2 weighted_sum groups take {"ids": [...], "weights": [...]}
+        self.weighted = frozenset(g.name for g in groups if g.pooling == "weighted_sum")
         self.scan_tables = self._scan_tables()
 
     def _scan_tables(self) -> tuple[np.ndarray, ...]:
@@ -182,6 +184,8 @@ class FeatureLayout:
     def encode(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> EncodedBatch:
         """Hash one request; raise :class:`InvalidRequest` naming the first bad field."""
         try:
+            if self.weighted:
+                return self._encode_weighted(context, ads)
             return self._encode(context, ads)
         except (_BadValue, OverflowError, TypeError, AttributeError, ValueError):
             self._explain(context, ads)
@@ -232,6 +236,52 @@ class FeatureLayout:
             ids[n_ctx:], np.array(keys, dtype=i64), np.array(lens, dtype=i64),
             dense_arr, n_ads)
 
+    def _encode_weighted(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> EncodedBatch:
+        """A model with weighted_sum groups: values and one weight per value (1 for the others)."""
+        values: list[Any] = []
+        weights: list[float] = []
+        c_keys: list[int] = []
+        c_lens: list[int] = []
+        if context:
+            self._collect_weighted(values, weights, c_keys, c_lens, context, self.ctx_slot, 0)
+        n_ctx = len(values)
+        keys: list[int] = []
+        lens: list[int] = []
+        n_slots = len(self.ad_groups)
+        for row, ad in enumerate(ads):
+            features = ad.get("features") if type(ad) is dict else ad.features
+            if features:
+                self._collect_weighted(values, weights, keys, lens, features, self.ad_slot,
+                                       row * n_slots)
+        plain = self._encode(None, [_dense_only(ad) for ad in ads])  # dense rows, checked
+        ids = hash_values(values)
+        w = np.array(weights, dtype=np.float32)
+        i64 = np.int64
+        return EncodedBatch(ids[:n_ctx], np.array(c_keys, dtype=i64), np.array(c_lens, dtype=i64),
+                            ids[n_ctx:], np.array(keys, dtype=i64), np.array(lens, dtype=i64),
+                            plain.dense, len(ads), w[:n_ctx], w[n_ctx:])
+
+    def _collect_weighted(self, values, weights, keys, lens, groups, slots, base) -> None:
+        for name, value in groups.items():
+            if name in self.weighted and _is_weighted(value):
+                ids, ws = _weighted_parts(value)
+                if len(ids) != len(ws) or not all(_finite_weight(x) for x in ws):
+                    raise _BadValue
+                values.extend(ids)
+                weights.extend(float(x) for x in ws)
+                lens.append(len(ids))
+            elif _is_weighted(value):
+                raise _BadValue  # weights for a group that does not pool by weight
+            elif type(value) is list:
+                values.extend(value)
+                weights.extend([1.0] * len(value))
+                lens.append(len(value))
+            else:
+                values.append(value)
+                weights.append(1.0)
+                lens.append(1)
+            keys.append(base + slots[name])
+
     # -- the slow pass: find and name the first bad field ---------------------------------
 
     def _explain(self, context: Any, ads: Any) -> None:
@@ -241,7 +291,7 @@ class FeatureLayout:
         for name, value in (context or {}).items():
             if name not in self.ctx_slot:
                 raise InvalidRequest(self._unknown(name, "context", "context"))
-            _check_value(value, f"context.{name}")
+            self._check_group_value(name, value, f"context.{name}")
         if not isinstance(ads, Sequence) or isinstance(ads, (str, bytes)):
             raise InvalidRequest(f"ads: expected a list of ads, got {describe_value(ads)}")
         for row, ad in enumerate(ads):
@@ -259,8 +309,36 @@ class FeatureLayout:
             for name, value in (features or {}).items():
                 if name not in self.ad_slot:
                     raise InvalidRequest(self._unknown(name, "ad", where))
-                _check_value(value, f"{where}.{name}")
+                self._check_group_value(name, value, f"{where}.{name}")
             self._check_dense(dense, row)
+
+    def _check_group_value(self, name: str, value: Any, where: str) -> None:
+        if not _is_weighted(value):
+            _check_value(value, where)
+            return
+        if name not in self.weighted:
+            raise InvalidRequest(f"{where}: {{\"ids\", \"weights\"}} is for weighted_sum groups; "
+                                 f"'{name}' pools its values by {self._pooling(name)}: send a "
+                                 "string, an integer id or a list of them")
+        try:
+            ids, ws = _weighted_parts(value)
+        except _BadValue:
+            raise InvalidRequest(f"{where}: expected {{\"ids\": [...], \"weights\": [...]}}, got "
+                                 f"the keys {sorted(map(str, value))}") from None
+        if type(ids) is not list or type(ws) is not list:
+            raise InvalidRequest(f"{where}: expected {{\"ids\": [...], \"weights\": [...]}}, two lists")
+        for i, v in enumerate(ids):
+            feature_id(v, f"{where}.ids[{i}]")
+        if len(ws) != len(ids):
+            raise InvalidRequest(f"{where}.weights: expected {len(ids)} numbers (one per id), "
+                                 f"got {len(ws)}")
+        for i, x in enumerate(ws):
+            if not _finite_weight(x):
+                raise InvalidRequest(f"{where}.weights[{i}]: expected a finite number with "
+                                     f"|value| <= {DENSE_LIMIT:g}, got {describe_value(x)}")
+
+    def _pooling(self, name: str) -> str:
+        return next(g.pooling for g in self.groups if g.name == name)
 
     def _check_dense(self, dense: Any, row: int) -> None:
         dim = self.dense_dim
@@ -289,6 +367,26 @@ class FeatureLayout:
             return f"{where}.{name}: '{name}' is a context group; send it once in the request's context"
         known = sorted(self.ctx_slot if side == "context" else self.ad_slot)
         return f"{where}.{name}: unknown {side} group '{name}'; this model's {side} groups are {known}"
+
+
+def _is_weighted(value: Any) -> bool:
+    return isinstance(value, Mapping) or (hasattr(value, "ids") and hasattr(value, "weights"))
+
+
+def _weighted_parts(value: Any) -> tuple[Any, Any]:
+    if isinstance(value, Mapping):
+        if set(value) != {"ids", "weights"}:
+            raise _BadValue
+        return value["ids"], value["weights"]
+    return value.ids, value.weights
+
+
+def _finite_weight(x: Any) -> bool:
+    return type(x) in (float, int) and -DENSE_LIMIT <= x <= DENSE_LIMIT
+
+
+def _dense_only(ad: Any) -> dict:
+    return {"dense": ad.get("dense") if type(ad) is dict else ad.dense}
 
 
 def _check_value(value: Any, where: str) -> None:

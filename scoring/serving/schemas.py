@@ -29,9 +29,14 @@ _VALUE_DOC = ("A feature value: a string (hashed with xxh64, seed 0) or an integ
 @lru_cache(maxsize=8)
 def request_types(max_values: int) -> tuple[type, type]:
     """``(ScoreRequest, Ad)`` Struct types whose feature lists hold at most ``max_values``."""
+    weighted = msgspec.defstruct("Weighted", [
+        ("ids", Annotated[list[ScalarValue], msgspec.Meta(max_length=max_values)]),
+        ("weights", Annotated[list[float], msgspec.Meta(max_length=max_values)]),
+    ], forbid_unknown_fields=True)
     value = Annotated[
-        Union[str, int, Annotated[list[ScalarValue], msgspec.Meta(max_length=max_values)]],
-        msgspec.Meta(description=_VALUE_DOC)]
+        Union[str, int, Annotated[list[ScalarValue], msgspec.Meta(max_length=max_values)], weighted],
+        msgspec.Meta(description=_VALUE_DOC + " A weighted_sum group of a format 2 model takes "
+                     "{\"ids\": [...], \"weights\": [...]} (same lengths).")]
     groups = Annotated[dict[str, value], msgspec.Meta(
         description="Feature group name -> value(s). Unknown group names are rejected (422).")]
     ad = msgspec.defstruct("Ad", [

@@ -54,3 +54,91 @@ def test_a_request_of_a_ads_equals_a_one_ad_requests(family):
         alone = engine.score_outputs(ctx, [ad])
         for name in together:
             assert alone[name][0] == pytest.approx(float(together[name][i]), abs=2e-7)
+
+
+@pytest.mark.parametrize("dense_dim", [0, 2])
+def test_every_op_pooling_and_output_kind(tmp_path, dense_dim):
+    """Weighted, sqrtn, mean and sum pooling, a table shared by two groups, a serving value, a
+    low-rank and a full cross layer, FM and wide parts split by side, an add, a product, and an
+    output that ignores the position although its blocks read it (its own instances)."""
+    import json
+
+    from scoring.model.writer import write_package
+
+    from ...graph_models import mixed_graph, mixed_request
+
+    base = mixed_graph(tmp_path / "m", dense_dim=dense_dim)
+    manifest = json.loads((base / "manifest.json").read_text())
+    manifest["outputs"].append({"name": "pctr_unplaced", "from": "logit", "activation": "none",
+                                "ignores": ["position"]})
+    arrays = {p.relative_to(base).as_posix(): np.load(p) for p in base.rglob("*.npy")}
+    pkg = load_package(write_package(tmp_path / "m2", manifest, arrays))
+    engine = GraphEngine(pkg)
+    rng = np.random.default_rng(dense_dim)
+    for n in (1, 3, 97, 200):
+        ctx, ads = mixed_request(rng, n, dense_dim)
+        want = graph_outputs(pkg, ctx, ads)
+        got = engine.score_outputs(ctx, ads)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], atol=2e-6, rtol=2e-5, err_msg=name)
+    # the position is ignored: the same answer whatever position the ad says
+    ctx, ads = mixed_request(rng, 4, dense_dim)
+    moved = [{**ad, "features": {**ad["features"], "position": "5"}} for ad in ads]
+    a, b = engine.score_outputs(ctx, ads), engine.score_outputs(ctx, moved)
+    np.testing.assert_array_equal(a["pctr_unplaced"], b["pctr_unplaced"])
+    np.testing.assert_array_equal(a["pcvr"], b["pcvr"])
+    assert not np.array_equal(a["pctr"], b["pctr"])
+
+
+def test_weighted_values_are_checked_and_named(tmp_path):
+    from scoring.errors import InvalidRequest
+
+    from ...graph_models import mixed_graph, mixed_request
+
+    pkg = load_package(mixed_graph(tmp_path / "m"))
+    engine = GraphEngine(pkg)
+    ctx, ads = mixed_request(np.random.default_rng(0), 2)
+    bad = [({**ctx, "clicked": {"ids": ["a", "b"], "weights": [1.0]}}, "context.clicked.weights: expected 2"),
+           ({**ctx, "clicked": {"ids": ["a"], "weights": [float("inf")]}}, r"context.clicked.weights\[0\]"),
+           ({**ctx, "clicked": {"ids": ["a"]}}, "context.clicked: expected"),
+           ({**ctx, "user_id": {"ids": ["a"], "weights": [1.0]}}, "context.user_id: .* weighted_sum"),
+           ({**ctx, "clicked": {"ids": [1.5], "weights": [1.0]}}, r"context.clicked.ids\[0\]")]
+    for c, message in bad:
+        with pytest.raises(InvalidRequest, match=message):
+            engine.score(c, ads)
+    # a weighted group sent as plain ids pools them with weight 1
+    plain = {**ctx, "clicked": ["a1", "a2"]}
+    ones = {**ctx, "clicked": {"ids": ["a1", "a2"], "weights": [1.0, 1.0]}}
+    np.testing.assert_array_equal(engine.score(plain, ads), engine.score(ones, ads))
+
+
+def test_models_with_no_context_or_no_ad_groups(tmp_path):
+    from scoring.model.writer import write_package
+
+    rng = np.random.default_rng(4)
+    for sides in (("ad", "ad"), ("context", "context")):
+        manifest = {
+            "format": "ctr-model", "format_version": 2, "name": "m", "version": "v1",
+            "tables": {"t": {"file": "t.npy", "rows": 30, "dim": 4}},
+            "groups": [{"name": "a", "side": sides[0], "table": "t", "pooling": "sum"},
+                       {"name": "b", "side": sides[1], "table": "t", "pooling": "mean"}],
+            "dense_dim": 1,
+            "blocks": [{"name": "x", "op": "concat", "inputs": ["@groups", "@dense"]},
+                       {"name": "fm", "op": "fm2", "inputs": ["@groups"]},
+                       {"name": "deep", "op": "mlp", "input": "x", "layers": [
+                           {"weight": "w0.npy", "bias": "b0.npy", "activation": "relu"},
+                           {"weight": "w1.npy", "bias": "b1.npy", "activation": "none"}]},
+                       {"name": "logit", "op": "add", "inputs": ["deep", "fm"]}],
+            "outputs": [{"name": "pctr", "from": "logit", "activation": "sigmoid"}]}
+        arrays = {"t.npy": rng.standard_normal((30, 4)).astype(np.float32),
+                  "w0.npy": rng.standard_normal((9, 8)).astype(np.float32),
+                  "b0.npy": rng.standard_normal(8).astype(np.float32),
+                  "w1.npy": rng.standard_normal((8, 1)).astype(np.float32),
+                  "b1.npy": rng.standard_normal(1).astype(np.float32)}
+        pkg = load_package(write_package(tmp_path / sides[0], manifest, arrays))
+        engine = GraphEngine(pkg)
+        side_ctx = {"a": "x", "b": ["y", "z"]} if sides[0] == "context" else {}
+        feats = {"a": "x", "b": ["y", "z"]} if sides[0] == "ad" else {}
+        ads = [{"features": feats, "dense": [float(i)]} for i in range(5)]
+        np.testing.assert_allclose(engine.score(side_ctx, ads),
+                                   graph_outputs(pkg, side_ctx, ads)["pctr"], atol=1e-6)
