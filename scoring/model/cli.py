@@ -10,12 +10,27 @@ import time
 from pathlib import Path
 
 from .demo import write_demo
+from .families import FAMILIES, random_family
 from .manifest import PackageError
 from .package import load_package
 
 
 def _inspect(path: str) -> dict:
     pkg = load_package(path)
+    m = pkg.manifest
+    out = _summary(pkg)
+    if m.graph is not None:  # a model graph: its blocks with their widths, and the outputs
+        out["blocks"] = [{"name": b.name, "op": b.op, "width": m.graph.widths[b.name]}
+                         for b in m.graph.blocks]
+        out["outputs"] = [{"name": o.name, **({"product": list(o.product)} if o.product else
+                                               {"from": o.source, "activation": o.activation}),
+                           **({"ignores": list(o.ignores)} if o.ignores else {})}
+                          for o in m.graph.outputs]
+        out["primary"] = m.graph.primary
+    return out
+
+
+def _summary(pkg) -> dict:
     m = pkg.manifest
     return {
         "path": str(pkg.path), "name": m.name, "version": m.version, "md5": pkg.md5,
@@ -26,7 +41,9 @@ def _inspect(path: str) -> dict:
                    for (name, nbytes), t in ((item, m.tables[item[0]])
                                              for item in pkg.table_bytes().items())},
         "groups": [{"name": g.name, "side": g.side, "buckets": g.buckets, "dim": g.dim,
-                    "pooling": g.pooling, "table": g.table_name} for g in m.groups],
+                    "pooling": g.pooling, "table": g.table_name,
+                    **({"serving_value": g.serving_value} if g.serving_value is not None else {})}
+                   for g in m.groups],
         "layers": [{"shape": list(w.shape), "activation": layer.activation}
                    for layer, w in zip(m.layers, pkg.weights)],
     }
@@ -88,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("out", help="directory to write (created)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--version", default=None, help="version string (default: seed<N>)")
-    demo.add_argument("--name", default="demo")
+    demo.add_argument("--name", default=None, help="model name (default: demo, or demo-<family>)")
+    demo.add_argument("--family", default="mlp", choices=("mlp",) + FAMILIES,
+                      help="mlp: the format 1 MLP (default); wdl, deepfm, dcn, dcn_lowrank, mtl, "
+                           "esmm: a format 2 model graph of the seed's families, same groups")
     demo.add_argument("--bucket-shift", type=int, default=0,
                       help="make every table 2^N times smaller (same net; for quick tests)")
     ins = sub.add_parser("inspect", help="validate a package and print what it holds (JSON)")
@@ -120,8 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "demo":
             t0 = time.perf_counter()
-            path = write_demo(args.out, seed=args.seed, version=args.version, name=args.name,
-                              bucket_shift=args.bucket_shift)
+            if args.family == "mlp":
+                path = write_demo(args.out, seed=args.seed, version=args.version,
+                                  name=args.name or "demo", bucket_shift=args.bucket_shift)
+            else:
+                path = random_family(args.out, args.family, seed=args.seed, name=args.name,
+                                     version=args.version, bucket_shift=args.bucket_shift)
             print(f"wrote {path} in {time.perf_counter() - t0:.1f}s")
         elif args.cmd == "inspect":
             print(json.dumps(_inspect(args.dir), indent=2))
