@@ -280,7 +280,7 @@ class FeatureLayout:
                 values.append(value)
                 weights.append(1.0)
                 lens.append(1)
-            keys.append(base + slots[name])
+            keys.append(base + slots.get(name))  # an unknown group: TypeError, then named
 
     # -- the slow pass: find and name the first bad field ---------------------------------
 

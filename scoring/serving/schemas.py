@@ -66,8 +66,12 @@ class ScoreResponse(msgspec.Struct):
 
     model: Annotated[str, msgspec.Meta(description="The model that scored the request.")]
     version: Annotated[str, msgspec.Meta(description="The exact version that scored every ad.")]
-    scores: Annotated[list[float], msgspec.Meta(description="pCTR of ads[i], in [0, 1].")]
+    scores: Annotated[list[float], msgspec.Meta(description="pCTR of ads[i], in [0, 1] (a "
+                                                "multi-head model: its primary output).")]
     request_id: Union[str, int, None] = None
+    outputs: Annotated[Union[dict[str, list[float]], None], msgspec.Meta(
+        description="A multi-head model (format 2 graph): every output by name, e.g. pctr, pcvr, "
+                    "pctcvr; absent for single-head models.")] = None
 
 
 class ErrorBody(msgspec.Struct):
