@@ -104,6 +104,8 @@ class DataPlane:
                     scored = await score_async(request.context, ads)
                 doc = {"model": scored.model, "version": scored.version, "scores": scored.scores,
                        "request_id": request.request_id}
+                if scored.outputs:
+                    doc["outputs"] = scored.outputs
                 if scored.extra:
                     doc.update(scored.extra)  # arm, fallback_for, fallback_reason
             out = _DUMPS(doc, option=_NUMPY)

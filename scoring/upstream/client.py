@@ -211,7 +211,8 @@ class TFServingClient:
             if resp.status_code != 200:
                 raise _status_failure(up.url, resp)
             try:
-                out = parse_predictions(resp.content, n, self.config.format, self.config.inputs.output)
+                out = parse_predictions(resp.content, n, self.config.format, self.config.inputs.output,
+                                        self.config.inputs.outputs)
             except BadResponse as exc:
                 raise _Failure(f"{up.url} answered 200 with a bad predict response: {exc}",
                                reason="bad_response") from None

@@ -61,13 +61,19 @@ class InputMapping:
     id matrix ``[n_ads, max_len]`` padded with ``pad_id``. ``lengths`` is a name template for the
     int64 ``[n_ads]`` count of real ids per row (``{group}`` is replaced), or None to send none.
     ``dense`` names the float ``[n_ads, dense_dim]`` tensor. ``output`` picks the output tensor
-    when the signature has several."""
+    when the signature has several; ``outputs`` names several to answer (a multi-head model:
+    the response carries each, ``output`` or the first being the scores)."""
 
     tensors: Mapping[str, str] = field(default_factory=dict)
     lengths: str | None = "{group}_len"
     pad_id: int = 0
     dense: str = "dense"
     output: str | None = None
+    outputs: tuple[str, ...] = ()
+
+    @property
+    def primary(self) -> str | None:
+        return self.output or (self.outputs[0] if self.outputs else None)
 
     def tensor(self, group: str) -> str:
         return self.tensors.get(group, group)
@@ -288,15 +294,23 @@ def _features(r: _Reader) -> Features:
 
 
 def _inputs(r: _Reader) -> InputMapping:
-    r.only("tensors", "lengths", "pad_id", "dense", "output")
+    r.only("tensors", "lengths", "pad_id", "dense", "output", "outputs")
     tensors = r.get("tensors", dict, default={})
     for g, t in tensors.items():
         if not isinstance(t, str) or not t:
             raise ConfigError(f"{r.source}: {r.where}tensors.{g}: expected a tensor name, got {t!r}")
     lengths = r.get("lengths", str, default="{group}_len", nullable=True)
+    outputs = r.get("outputs", list, default=[])
+    if not all(isinstance(o, str) and o for o in outputs) or len(set(outputs)) != len(outputs):
+        raise ConfigError(f"{r.source}: {r.where}outputs: expected a list of distinct output "
+                          f"tensor names, got {outputs!r}")
+    output = r.get("output", str)
+    if output is not None and outputs and output not in outputs:
+        raise ConfigError(f"{r.source}: {r.where}output {output!r} must be one of outputs {outputs}")
     return InputMapping(tensors=dict(tensors), lengths=lengths,
                         pad_id=r.integer("pad_id", -(2**63), 2**63 - 1, default=0),
-                        dense=r.get("dense", str, default="dense"), output=r.get("output", str))
+                        dense=r.get("dense", str, default="dense"), output=output,
+                        outputs=tuple(outputs))
 
 
 def _breaker(r: _Reader) -> Breaker:

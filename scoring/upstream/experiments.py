@@ -16,7 +16,7 @@ from ..lifecycle.loader import LiveModel
 from ..lifecycle.registry import Registry
 from .metrics import LegMetrics
 from .routing import Router
-from .scorer import Scored
+from .scorer import Scored, native_scored
 
 
 class _ArmCounters:
@@ -48,10 +48,9 @@ class ArmScorer:
             inner = getattr(live.scorer, "score_async", None)
             if inner is not None:
                 result = await inner(context, ads)
-            elif keep is not None and getattr(live.scorer, "score_json", None) is not None:
-                result = Scored(live.scorer.score(context, ads, keep), live.name, live.version)
-            else:
-                result = Scored(live.scorer.score(context, ads), live.name, live.version)
+            else:  # our engine (the health monitor samples an MLP arm through ``keep``)
+                sample = keep if getattr(live.scorer, "score_json", None) is not None else None
+                result = native_scored(live.scorer, live.name, live.version, context, ads, sample)
         except ScoringError as exc:
             c.requests.labels(self.arm, live.name, str(exc.status_code)).inc()
             raise

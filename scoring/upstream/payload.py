@@ -124,8 +124,12 @@ class BadResponse(ValueError):
     """A 200 answer that is not what TF Serving's predict API returns for our request."""
 
 
-def parse_predictions(content: bytes, n: int, fmt: str, output: str | None) -> np.ndarray:
-    """The ``n`` pCTRs in a predict response; raises :class:`BadResponse` on anything else."""
+def parse_predictions(content: bytes, n: int, fmt: str, output: str | None,
+                      outputs: tuple[str, ...] = ()) -> np.ndarray:
+    """The ``n`` pCTRs in a predict response, or with ``outputs`` an ``[n, len(outputs)]``
+    matrix of those outputs; raises :class:`BadResponse` on anything else."""
+    if outputs:
+        return np.stack([parse_predictions(content, n, fmt, name) for name in outputs], axis=1)
     try:
         doc = orjson.loads(content)
     except orjson.JSONDecodeError as exc:

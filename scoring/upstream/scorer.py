@@ -38,6 +38,7 @@ class Scored:
     fallback_for: str | None = None   # set when the fallback scored instead of TF Serving
     fallback_reason: str | None = None
     arm: str | None = None            # the experiment arm of POST /v1/score, when there are arms
+    outputs: dict[str, np.ndarray] | None = None  # a multi-head model: every output by name
 
     @property
     def extra(self) -> dict[str, str] | None:
@@ -49,6 +50,18 @@ class Scored:
             out["fallback_for"] = self.fallback_for
             out["fallback_reason"] = self.fallback_reason or ""
         return out or None
+
+
+def native_scored(scorer: Any, name: str, version: str, context, ads, keep: Any = None,
+                  **extra: Any) -> Scored:
+    """What our engine answers for a request: a multi-head model graph every output (the
+    primary as the scores), a single-head model its scores."""
+    heads = getattr(scorer, "output_names", ())
+    if len(heads) > 1:
+        outputs = scorer.score_outputs(context, ads)
+        return Scored(outputs[heads[scorer.primary]], name, version, outputs=outputs, **extra)
+    scores = scorer.score(context, ads, keep) if keep is not None else scorer.score(context, ads)
+    return Scored(scores, name, version, **extra)
 
 
 def features_of(manifest: Manifest) -> Features:
@@ -114,7 +127,7 @@ class TFServingScorer:
             scores = self.client.predict(tensors)
         except UpstreamError as exc:
             return self._fall_back(exc, context, ads)
-        return Scored(scores, self.name, self.version)
+        return self._scored(scores)
 
     async def score_async(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> Scored:
         """For an event loop: waits on the client's loop without blocking the caller's."""
@@ -123,7 +136,14 @@ class TFServingScorer:
             scores = await self.client.predict_on_caller_loop(tensors)
         except UpstreamError as exc:
             return self._fall_back(exc, context, ads)
-        return Scored(scores, self.name, self.version)
+        return self._scored(scores)
+
+    def _scored(self, values: np.ndarray) -> Scored:
+        names = self.config.inputs.outputs
+        if not names:
+            return Scored(values, self.name, self.version)
+        outputs = {name: values[:, i] for i, name in enumerate(names)}
+        return Scored(outputs[self.config.inputs.primary], self.name, self.version, outputs=outputs)
 
     def _fall_back(self, exc: UpstreamError, context: Mapping[str, Any] | None,
                    ads: Sequence[Any]) -> Scored:
@@ -138,8 +158,8 @@ class TFServingScorer:
         if self.on_fallback is not None:
             self.on_fallback(self.name, engine.name, reason)
         log.warning("model %r: scored by fallback %r (%s)", self.name, engine.name, exc.message)
-        return Scored(engine.score(context, ads), engine.name, engine.version,
-                      fallback_for=self.name, fallback_reason=exc.message)
+        return native_scored(engine, engine.name, engine.version, context, ads,
+                             fallback_for=self.name, fallback_reason=exc.message)
 
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
         """What ``GET /v1/models/{name}`` shows: the upstreams as TF Serving reports them."""

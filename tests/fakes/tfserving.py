@@ -93,14 +93,19 @@ class _Model:
             self.inputs[g.name + "_len"] = ("DT_INT64", [-1])
         if m.dense_dim:
             self.inputs["dense"] = ("DT_FLOAT", [-1, m.dense_dim])
+        # a format 2 model graph with several outputs answers each by name
+        graph = m.graph
+        self.output_names = [o.name for o in graph.outputs] if graph is not None and \
+            len(graph.outputs) > 1 else []
 
     def signature_def(self) -> dict:
         def info(name: str, dtype: str, dims: list[int]) -> dict:
             return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims],
                                                      "unknown_rank": False},
                     "name": f"{SIGNATURE}_{name}:0"}
+        names = self.output_names or ["pctr"]
         return {"inputs": {k: info(k, *v) for k, v in self.inputs.items()},
-                "outputs": {"pctr": info("pctr", "DT_DOUBLE", [-1, 1])},
+                "outputs": {n: info(n, "DT_DOUBLE", [-1, 1]) for n in names},
                 "method_name": "tensorflow/serving/predict"}
 
     def tensors(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -131,9 +136,25 @@ class _Model:
             raise TFError(400, f"Input tensors have different 0-th dimensions: {sorted(sizes)}")
         return out
 
-    def predict(self, t: dict[str, np.ndarray]) -> np.ndarray:
+    def predict(self, t: dict[str, np.ndarray]) -> Any:
         m = self.package.manifest
         n = next(iter(t.values())).shape[0]
+        if m.graph is not None:  # the float64 graph reference, one row at a time
+            from scoring.model.reference_graph import graph_outputs
+            rows = {name: [] for name in (self.output_names or [m.graph.primary])}
+            for r in range(n):
+                ids = {g.name: [int(i) for i in np.ascontiguousarray(t[g.name][r]).view(np.uint64)
+                                [:int(t[g.name + "_len"][r])]] for g in m.groups}
+                ctx = {g.name: ids[g.name] for g in m.groups if g.side == "context" and ids[g.name]}
+                ad = {"features": {g.name: ids[g.name] for g in m.groups
+                                   if g.side == "ad" and ids[g.name]}}
+                if m.dense_dim:
+                    ad["dense"] = [float(x) for x in t["dense"][r]]
+                out = graph_outputs(self.package, ctx, [ad])
+                for name in rows:
+                    rows[name].append(float(out[name][0]))
+            result = {k: np.array(v) for k, v in rows.items()}
+            return result if self.output_names else result[m.graph.primary]
         parts = []
         for g, table in zip(m.groups, self.package.tables):
             ids = np.ascontiguousarray(t[g.name]).view(np.uint64)  # two's complement back
@@ -300,6 +321,15 @@ class FakeTFServing:
             tensors = model.tensors(doc["inputs"])
             key = "outputs"
         pctr = model.predict(tensors)
+        if isinstance(pctr, dict):  # several named outputs
+            n = len(next(iter(pctr.values())))
+            with self._lock:
+                self.stats.rows += n
+            if key == "predictions":
+                values = [{k: [float(v[i])] for k, v in pctr.items()} for i in range(n)]
+            else:
+                values = {k: [[float(x)] for x in v] for k, v in pctr.items()}
+            return json.dumps({key: values}).encode()
         with self._lock:
             self.stats.rows += len(pctr)
         values = [[float(p)] for p in pctr]

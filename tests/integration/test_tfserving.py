@@ -256,3 +256,35 @@ def test_features_from_the_fallback_and_a_fallback_still_loading(fake, small_pac
     finally:
         loaded.close()
         loading.close()
+
+
+@pytest.mark.parametrize("fmt", ["row", "columnar"])
+def test_a_multi_head_model_answers_every_output_and_falls_back_to_its_native_twin(tmp_path, make, fmt):
+    """ESMM served by the TF Serving double (the float64 graph reference behind its REST API):
+    the outputs named in ``inputs.outputs`` come back by name, the first as the scores; when
+    TF Serving fails, the native graph engine of the same package answers the same outputs."""
+    from scoring.engine.graph import GraphEngine
+    from scoring.model.families import random_family
+    from scoring.model.package import load_package
+    from scoring.model.reference_graph import graph_outputs
+
+    pkg = load_package(random_family(tmp_path / "esmm", "esmm", bucket_shift=10, hidden=(16, 8)))
+    features = {"context": [g.name for g in pkg.manifest.groups if g.side == "context"],
+                "ad": [g.name for g in pkg.manifest.groups if g.side == "ad"]}
+    native = GraphEngine(pkg)
+    ctx = {"user_id": "u1", "city": ["bj", "sh"]}
+    ads = [{"features": {"ad_id": f"a{i}", "position": str(1 + i % 3)}} for i in range(11)]
+    want = graph_outputs(pkg, ctx, ads)
+    with FakeTFServing("esmm_tf", {1: pkg}) as server:
+        s = make([server.url], native, model_name="esmm_tf", features=features, format=fmt,
+                 inputs={"outputs": ["pctr", "pcvr", "pctcvr"]})
+        got = s.score(ctx, ads)
+        assert set(got.outputs) == {"pctr", "pcvr", "pctcvr"} and got.fallback_for is None
+        for name in want:
+            np.testing.assert_allclose(got.outputs[name], want[name], atol=1e-6)
+        np.testing.assert_array_equal(got.scores, got.outputs["pctr"])
+        server.faults.fail = 500
+        fell = s.score(ctx, ads)
+    assert fell.fallback_for == "deep" and set(fell.outputs) == set(want)
+    for name in want:
+        np.testing.assert_allclose(fell.outputs[name], want[name], atol=1e-6)
