@@ -313,13 +313,16 @@ class FeatureLayout:
             self._check_dense(dense, row)
 
     def _check_group_value(self, name: str, value: Any, where: str) -> None:
-        if not _is_weighted(value):
-            _check_value(value, where)
+        if not _is_weighted(value) or name not in self.weighted:
+            try:
+                _check_value(value, where)
+            except InvalidRequest as exc:
+                if self.weighted and _is_weighted(value):  # a model that has weighted groups
+                    raise InvalidRequest(f"{exc.message} ({{\"ids\", \"weights\"}} is for its "
+                                         f"weighted_sum groups; '{name}' pools by "
+                                         f"{self._pooling(name)})") from None
+                raise
             return
-        if name not in self.weighted:
-            raise InvalidRequest(f"{where}: {{\"ids\", \"weights\"}} is for weighted_sum groups; "
-                                 f"'{name}' pools its values by {self._pooling(name)}: send a "
-                                 "string, an integer id or a list of them")
         try:
             ids, ws = _weighted_parts(value)
         except _BadValue:

@@ -65,7 +65,8 @@ def test_request_ids_a_json_encoder_can_write_back_are_kept():
 
 def test_openapi_components_describe_the_bodies():
     comps = openapi_components(3)
-    assert set(comps) == {"ScoreRequest", "Ad", "ScoreResponse", "ErrorBody"}
+    assert set(comps) == {"ScoreRequest", "Ad", "ScoreResponse", "ErrorBody", "Weighted"}
+    assert set(comps["Weighted"]["properties"]) == {"ids", "weights"}
     ctx = comps["ScoreRequest"]["properties"]["context"]["anyOf"][0]
     value_types = ctx["additionalProperties"]["anyOf"]
     assert {"type": "string"} in value_types and {"type": "integer"} in value_types
