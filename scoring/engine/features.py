@@ -265,7 +265,8 @@ class FeatureLayout:
         for name, value in groups.items():
             if name in self.weighted and _is_weighted(value):
                 ids, ws = _weighted_parts(value)
-                if len(ids) != len(ws) or not all(_finite_weight(x) for x in ws):
+                if type(ids) is not list or type(ws) is not list or len(ids) != len(ws) \
+                        or not all(_finite_weight(x) for x in ws):
                     raise _BadValue
                 values.extend(ids)
                 weights.extend(float(x) for x in ws)

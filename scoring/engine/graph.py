@@ -4,9 +4,9 @@ At load, every block an output needs becomes one or more instructions, each with
 context-side instructions (every input context-side) run once per request, ad-side ones per
 chunk of ads. The context split generalises the MLP engine's:
 
-* an ``mlp`` (or a first cross layer) fed by a concat with context members splits its first
-  layer, ``x @ W = x_ctx @ W_ctx + x_ad @ W_ad``: the context part is one context-side
-  instruction whose result enters the ad-side layer as its bias;
+* an ``mlp`` fed by a concat with context members splits its first layer, ``x @ W = x_ctx @
+  W_ctx + x_ad @ W_ad``: the context part is one context-side instruction whose result enters
+  the ad-side layer as its bias (a cross layer is not split: it needs the whole ``x0``);
 * ``fm2`` splits as ``0.5 * sum_k((S_c + S_a)^2 - Q_c - Q_a)``, ``S_c``, ``Q_c`` once per request;
 * ``linear_ids`` sums the context groups' weights once per request.
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import orjson
 
+from ..model.manifest import PackageError
 from ..model.package import TABLE_NUMPY_DTYPES, ModelPackage
 from ..model.quantize import bf16_values
 from . import jsonscan, kernels
@@ -184,6 +185,9 @@ class Engine:
     def __init__(self, package: ModelPackage, *, chunk: int = CHUNK,
                  small_batch: int = SMALL_BATCH, warm: bool = True) -> None:
         m = package.manifest
+        if m.graph is not None:
+            raise PackageError(f"{m.name} {m.version}: a format 2 model graph; the graph engine "
+                               "runs it (scoring.engine.make_engine picks the engine a package needs)")
         self.package = package
         self.manifest = m
         self.name = m.name

@@ -50,6 +50,9 @@ def compute_baseline(package: ModelPackage, requests: Iterable[Mapping[str, Any]
                      window: int = WINDOW, resamples: int = RESAMPLES, seed: int = 0) -> dict:
     """The baseline of ``package`` on ``requests`` (score bodies: ``context`` and ``ads``)."""
     m = package.manifest
+    if m.graph is not None:
+        raise PackageError(f"{m.name} {m.version}: a format 2 model graph; the health baseline "
+                           "watches MLP packages (pooled groups -> ReLU MLP -> sigmoid)")
     rows, request_of_row, n_requests = [], [], 0
     absent = {g.name: 0 for g in m.groups}
     for i, req in enumerate(requests):

@@ -168,8 +168,15 @@ def _one_mlp(raw: Mapping[str, Any], groups: list[GroupSpec]) -> bool:
     one_output = len(outputs) == 1 and isinstance(outputs[0], dict) and \
         "product" not in outputs[0] and not outputs[0].get("ignores")
     plain = all(g.pooling in ("sum", "mean") and g.serving_value is None for g in groups)
-    return ops == ["concat", "mlp"] and one_output and plain and \
-        blocks[0].get("inputs") in (["@groups", "@dense"], ["@groups"]) and \
+    layers = blocks[1].get("layers")
+    if not (isinstance(layers, list) and layers and all(isinstance(x, dict) for x in layers)):
+        return ops == ["concat", "mlp"]  # the one-mlp parser names what is wrong
+    acts = [x.get("activation") for x in layers]
+    mlp_like = all(a == "relu" for a in acts[:-1]) and acts[-1] == "none"  # else a graph
+    dense = raw.get("dense_dim", 0)
+    inputs = ["@groups", "@dense"] if isinstance(dense, int) and dense > 0 else None
+    return ops == ["concat", "mlp"] and one_output and plain and mlp_like and \
+        blocks[0].get("inputs") in (["@groups", "@dense"], inputs or ["@groups"]) and \
         blocks[1].get("input") == blocks[0].get("name") and \
         outputs[0].get("from") == blocks[1].get("name") and outputs[0].get("activation") == "sigmoid"
 

@@ -19,9 +19,10 @@ forward reference. The ops:
 
 ``outputs``: ``{"name", "from": block, "activation": "sigmoid" | "none"}`` on a one-value block,
 or ``{"name", "product": [output, output]}``; an output may list ``"ignores": [group, ...]``:
-the output is computed as if the request did not send those groups (the order-rate head
-ignores the ad's position). A group some output ignores is position-like and must carry a
-``serving_value``, what the other outputs assume when a request does not send it.
+the output is computed with those groups as zero vectors adding no wide weight, whatever the
+request sends and without their serving value (the order-rate head ignores the ad's position).
+A group some output ignores is position-like and must carry a ``serving_value``: what the
+other outputs assume when a request sends nothing for it (the group absent or an empty list).
 
 This module checks the structure (names, references, ops, fields, which group each output
 ignores); :func:`resolve` checks the dimensions once the arrays' shapes are known.
@@ -160,7 +161,8 @@ def parse_graph(raw: Mapping[str, Any], groups: list, tables: Mapping[str, Any],
                 else:
                     out.append(ref(r, f"{where}.{key}[{k}]"))
             if not out:
-                raise err(f"{where}.{key}: '@groups' but the model has no groups")
+                raise err(f"{where}.{key}: nothing to read ('@groups' without groups, or "
+                          "'@dense' without dense features)")
             return tuple(out)
 
         def one_input() -> tuple[tuple[str, str], ...]:
@@ -171,6 +173,10 @@ def parse_graph(raw: Mapping[str, Any], groups: list, tables: Mapping[str, Any],
         if op in ("concat", "add"):
             block = Block(name, op, inputs=ref_list("inputs"))
         elif op == "mlp":
+            if b.get("precision", "float32") != "float32":
+                raise err(f"{where}.precision {b.get('precision')!r}: bf16 runs on the one-mlp "
+                          "shape (a concat feeding one mlp and one sigmoid output); a model "
+                          "graph runs in float32")
             block = Block(name, op, inputs=one_input(), layers=_dense_layers(b, where, err))
         elif op == "cross":
             block = Block(name, op, inputs=one_input(), layers=_cross_layers(b, where, err))

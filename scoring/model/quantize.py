@@ -149,6 +149,9 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, tables: str = "fl
     precision ``mlp``, in format 2."""
     pkg = load_package(src)
     m = pkg.manifest
+    if m.graph is not None:
+        raise PackageError(f"{Path(src).name}: a format 2 model graph; quantize converts MLP "
+                           "packages (write a graph's tables compact with its exporter)")
     compact = sorted({t.name for t in m.tables.values() if t.dtype != "float32"})
     if compact:
         raise PackageError(f"{Path(src).name}: tables {compact} are already compact; convert "

@@ -17,15 +17,31 @@ from .reference import table_row, value_ids
 
 
 def group_value(g, context: Mapping[str, Any], ad: Mapping[str, Any], ignored: set[str]) -> Any:
-    """What the request says for group ``g`` (its serving value when it says nothing), or None
-    when the output being computed ignores the group."""
+    """What the request says for group ``g``: its serving value when it sends nothing (the
+    group absent, or an empty list), None when the output being computed ignores the group."""
     if g.name in ignored:
         return None
     source = context if g.side == "context" else (ad.get("features") or {})
     value = source.get(g.name)
-    if value is None and g.serving_value is not None:
+    if _is_empty(value) and g.serving_value is not None:
         return g.serving_value
     return value
+
+
+def _is_empty(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, dict):
+        return not value.get("ids")
+    return isinstance(value, list) and not value
+
+
+def ids_and_weights(value: Any) -> tuple[list[int], list[float]]:
+    """The ids of a group's value and their weights (1 unless sent as {"ids", "weights"})."""
+    if isinstance(value, dict):
+        return value_ids(value["ids"]), [float(w) for w in value["weights"]]
+    ids = value_ids(value)
+    return ids, [1.0] * len(ids)
 
 
 def pooled(pkg: ModelPackage, g, table, qp, value: Any) -> np.ndarray:
@@ -33,11 +49,7 @@ def pooled(pkg: ModelPackage, g, table, qp, value: Any) -> np.ndarray:
     dim = table.shape[1]
     if value is None:
         return np.zeros(dim)
-    if g.pooling == "weighted_sum":
-        ids, weights = value_ids(value["ids"]), [float(w) for w in value["weights"]]
-    else:
-        ids = value_ids(value)
-        weights = [1.0] * len(ids)
+    ids, weights = ids_and_weights(value)
     if not ids:
         return np.zeros(dim)
     total = np.zeros(dim)
@@ -118,7 +130,7 @@ def _evaluate(pkg: ModelPackage, context, ad, ignored: set[str]) -> dict[str, np
                 value = group_value(g, context, ad, ignored)
                 if value is None:
                     continue
-                ids = value_ids(value["ids"] if g.pooling == "weighted_sum" else value)
+                ids, _ = ids_and_weights(value)
                 for i in ids:
                     total += float(table[i % table.shape[0], 0])
             values[b.name] = np.array([total])

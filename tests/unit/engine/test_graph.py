@@ -142,3 +142,72 @@ def test_models_with_no_context_or_no_ad_groups(tmp_path):
         ads = [{"features": feats, "dense": [float(i)]} for i in range(5)]
         np.testing.assert_allclose(engine.score(side_ctx, ads),
                                    graph_outputs(pkg, side_ctx, ads)["pctr"], atol=1e-6)
+
+
+def test_an_empty_list_is_sent_nothing_and_takes_the_serving_value(tmp_path):
+    """Contract section 1 treats an absent group and an empty list alike; a group with a
+    serving value takes it in both cases (the engine and the reference agree)."""
+    from ...graph_models import mixed_graph, mixed_request
+
+    pkg = load_package(mixed_graph(tmp_path / "m"))
+    engine = GraphEngine(pkg)
+    ctx, ads = mixed_request(np.random.default_rng(1), 1)
+    base = {k: v for k, v in ads[0]["features"].items() if k != "position"}
+    variants = [{"features": dict(base), "dense": ads[0]["dense"]},
+                {"features": {**base, "position": []}, "dense": ads[0]["dense"]},
+                {"features": {**base, "position": "1"}, "dense": ads[0]["dense"]}]
+    got = engine.score_outputs(ctx, variants)
+    want = graph_outputs(pkg, ctx, variants)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-6)
+        assert got[name][0] == got[name][1] == got[name][2]
+    plain = {**ctx, "clicked": ["a1", "a2"]}  # a weighted group sent as plain ids: weight 1
+    np.testing.assert_allclose(engine.score(plain, variants),
+                               graph_outputs(pkg, plain, variants)["pctr"], atol=1e-6)
+
+
+def test_the_mlp_engine_and_the_offline_tools_refuse_a_graph_with_a_clear_error(tmp_path):
+    from scoring.engine import Engine, make_engine
+    from scoring.model.baseline import compute_baseline
+    from scoring.model.manifest import PackageError
+    from scoring.model.quantize import convert
+
+    from ...graph_models import mixed_graph
+
+    path = mixed_graph(tmp_path / "m")
+    pkg = load_package(path)
+    assert isinstance(make_engine(pkg), GraphEngine)
+    with pytest.raises(PackageError, match="a format 2 model graph"):
+        Engine(pkg)
+    with pytest.raises(PackageError, match="a format 2 model graph"):
+        compute_baseline(pkg, [{"context": {}, "ads": []}])
+    with pytest.raises(PackageError, match="a format 2 model graph"):
+        convert(path, tmp_path / "q", tables="int8")
+
+
+def test_a_last_relu_layer_makes_a_graph_not_an_error(tmp_path):
+    """Routing: only the MLP engine's exact shape goes to it; a concat + mlp whose last layer
+    is ReLU (valid in the contract) is a model graph."""
+    from scoring.model.writer import write_package
+
+    rng = np.random.default_rng(0)
+    manifest = {"format": "ctr-model", "format_version": 2, "name": "m", "version": "v1",
+                "tables": {"t": {"file": "t.npy", "rows": 20, "dim": 3}},
+                "groups": [{"name": "a", "side": "context", "table": "t", "pooling": "sum"},
+                           {"name": "b", "side": "ad", "table": "t", "pooling": "sum"}],
+                "dense_dim": 0,
+                "blocks": [{"name": "x", "op": "concat", "inputs": ["@groups"]},
+                           {"name": "deep", "op": "mlp", "input": "x", "layers": [
+                               {"weight": "w0.npy", "bias": "b0.npy", "activation": "relu"},
+                               {"weight": "w1.npy", "bias": "b1.npy", "activation": "relu"}]}],
+                "outputs": [{"name": "pctr", "from": "deep", "activation": "sigmoid"}]}
+    arrays = {"t.npy": rng.standard_normal((20, 3)).astype(np.float32),
+              "w0.npy": rng.standard_normal((6, 5)).astype(np.float32),
+              "b0.npy": rng.standard_normal(5).astype(np.float32),
+              "w1.npy": rng.standard_normal((5, 1)).astype(np.float32),
+              "b1.npy": rng.standard_normal(1).astype(np.float32)}
+    pkg = load_package(write_package(tmp_path / "p", manifest, arrays))
+    assert pkg.manifest.graph is not None
+    ads = [{"features": {"b": f"v{i}"}} for i in range(9)]
+    np.testing.assert_allclose(GraphEngine(pkg).score({"a": "u"}, ads),
+                               graph_outputs(pkg, {"a": "u"}, ads)["pctr"], atol=1e-6)
