@@ -173,14 +173,43 @@ class _Model:
         return mlp_forward(self.package, x)
 
 
+class _SavedModel(_Model):
+    """A real TensorFlow SavedModel (a directory): its ``serving_default`` signature computes
+    the predictions, as TF Serving would run it, with TensorFlow itself."""
+
+    def __init__(self, path: str) -> None:  # noqa: D107 - no package: the signature says it all
+        import tensorflow as tf
+
+        self._tf = tf
+        self.package = None
+        self.fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+        spec = self.fn.structured_input_signature[1]
+        self.inputs = {k: ("DT_INT64" if s.dtype == tf.int64 else "DT_FLOAT", [-1] * len(s.shape))
+                       for k, s in spec.items()}
+        self.output_names = sorted(self.fn.structured_outputs)
+        self._lock = threading.Lock()
+
+    def predict(self, t: dict[str, np.ndarray]) -> Any:
+        tf = self._tf
+        feeds = {k: tf.constant(v, dtype=tf.int64 if self.inputs[k][0] == "DT_INT64" else tf.float32)
+                 for k, v in t.items()}
+        with self._lock:
+            out = self.fn(**feeds)
+        result = {k: v.numpy().reshape(-1).astype(np.float64) for k, v in out.items()}
+        return result if len(result) > 1 else next(iter(result.values()))
+
+
 class FakeTFServing:
-    """A TF Serving REST look-alike on a loopback port, in a background thread."""
+    """A TF Serving REST look-alike on a loopback port, in a background thread. A version is a
+    model package (computed with the float64 reference) or the path of a TensorFlow SavedModel
+    (computed by TensorFlow)."""
 
     def __init__(self, name: str, versions: dict[int, ModelPackage], *,
                  labels: dict[str, int] | None = None, port: int = 0,
                  keep_bodies: bool = False) -> None:
         self.name = name
-        self.versions = {v: _Model(p) for v, p in versions.items()}
+        self.versions = {v: _Model(p) if isinstance(p, ModelPackage) else _SavedModel(p)
+                         for v, p in versions.items()}
         self.labels = dict(labels or {})
         self.faults = Faults()
         self.stats = Stats()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -288,3 +289,42 @@ def test_a_multi_head_model_answers_every_output_and_falls_back_to_its_native_tw
     assert fell.fallback_for == "deep" and set(fell.outputs) == set(want)
     for name in want:
         np.testing.assert_allclose(fell.outputs[name], want[name], atol=1e-6)
+
+
+def test_tensorflow_itself_serves_the_keras_savedmodel_the_service_scores_natively(tmp_path, make):
+    """The TF Serving double runs a real SavedModel exported from a Keras ESMM with TensorFlow:
+    the service's int64 id tensors (two's complement of the contract's uint64 ids) reach
+    TensorFlow's ``id % rows`` (bitcast back to uint64) exactly as the native engine hashes, so
+    the two legs answer the same outputs; so does Keras' own predict()."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from scoring.engine.graph import GraphEngine
+    from scoring.model.keras_families import (
+        KerasFamilySpec,
+        build_keras_family,
+        export_keras,
+        serving_tensors,
+    )
+    from scoring.model.package import load_package
+
+    groups = [("user_id", "context", 200, 8, "sum"), ("city", "context", 30, 8, "mean"),
+              ("ad_id", "ad", 300, 8, "sum"), ("position", "ad", 10, 8, "sum")]
+    spec = KerasFamilySpec("esmm", groups, hidden=(16, 8), wide_rows=97,
+                           serving_values={"position": "1"})
+    model = build_keras_family(spec, seed=3)
+    saved = tmp_path / "savedmodel"
+    model.export(str(saved), format="tf_saved_model", verbose=False)
+    native = GraphEngine(load_package(export_keras(tmp_path / "pkg", model, spec, name="esmm",
+                                                   version="v1")))
+    ctx = {"user_id": ["u1", 2**64 - 1], "city": "bj"}
+    ads = [{"features": {"ad_id": [f"a{i}", 2**63 + i], **({"position": str(i)} if i % 2 else {})}}
+           for i in range(13)]
+    features = {"context": ["user_id", "city"], "ad": ["ad_id", "position"]}
+    with FakeTFServing("esmm_tf", {1: str(saved)}) as server:
+        s = make([server.url], model_name="esmm_tf", features=features,
+                 inputs={"outputs": ["pctr", "pcvr", "pctcvr"]})
+        got = s.score(ctx, ads)
+    mine = native.score_outputs(ctx, ads)
+    keras_out = model.predict(serving_tensors(spec, ctx, ads), verbose=0)
+    for name in ("pctr", "pcvr", "pctcvr"):
+        np.testing.assert_allclose(got.outputs[name], mine[name], atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(np.asarray(keras_out[name]).reshape(-1), mine[name], atol=1e-6)
