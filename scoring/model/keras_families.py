@@ -148,7 +148,10 @@ def build_keras_family(spec: KerasFamilySpec, seed: int = 0):
     """A Keras model of ``spec.family`` taking TF Serving's tensors, outputs by name."""
     import keras
 
-    from ..engine.features import feature_id
+    from .reference import value_ids
+
+    def feature_id(value: Any, _where: str) -> int:
+        return value_ids([value])[0]
 
     L = layers()
     keras.utils.set_random_seed(seed)
@@ -276,7 +279,7 @@ def export_keras(out: str | os.PathLike, model, spec: KerasFamilySpec, *, name: 
 def serving_tensors(spec: KerasFamilySpec, context: dict, ads: list[dict]) -> dict[str, np.ndarray]:
     """The tensors TF Serving gets for a request (one row per ad; a context group repeated):
     ids as int64 two's complement, padded with 0, lengths, weights, dense."""
-    from ..engine.features import feature_id
+    from .reference import value_ids
 
     out = {}
     for name, side, _, _, pooling in spec.groups:
@@ -288,7 +291,7 @@ def serving_tensors(spec: KerasFamilySpec, context: dict, ads: list[dict]) -> di
             else:
                 ids = value if isinstance(value, list) else ([] if value is None else [value])
                 ws = [1.0] * len(ids)
-            rows.append(([feature_id(v, name) for v in ids], ws))
+            rows.append((value_ids(list(ids)), ws))
         width = max(1, max(len(r[0]) for r in rows))
         ids = np.zeros((len(ads), width), np.uint64)
         w = np.zeros((len(ads), width), np.float32)
