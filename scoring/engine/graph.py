@@ -182,10 +182,24 @@ class _Plan:
         ad_cols = np.concatenate([np.arange(cols[i], cols[i + 1]) for i, m in enumerate(members) if m[1] == 1])
         key = ("parts", ref[1], ignored & self.deps[ref[1]])
         if key not in self.memo:
+            ad = [m for m in members if m[1] == 1]
             self.memo[key] = (self.gather([m for m in members if m[1] == 0]),
-                              self.gather([m for m in members if m[1] == 1]))
+                              self._pooled_rows() if self._is_pooled_rows(ad) else self.gather(ad))
         ctx_part, ad_part = self.memo[key]
         return ctx_part, ad_part, ctx_cols, ad_cols
+
+    def _is_pooled_rows(self, members: list[list[int]]) -> bool:
+        """Members that are exactly the pooled ad rows (every ad group in slot order, then the
+        dense features), none zeroed: the layer can read ``xa`` itself."""
+        col = 0
+        for m in members:
+            if m[0] != gk.SRC_FIELD or m[1] != 1 or m[5] or m[2] != col:
+                return False
+            col += m[3]
+        return col == self.e.ad_width and self.e.ad_width > 0
+
+    def _pooled_rows(self) -> _Value:
+        return _Value(2, 0, self.e.ad_width)
 
     def _mlp(self, b, ignored) -> _Value:
         ws = [np.asarray(self.arrays[layer.weight], np.float32) for layer in b.layers]

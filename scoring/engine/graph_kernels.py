@@ -44,10 +44,13 @@ OUT_PRODUCT = 2
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
-def _view(cv, av, chunk, side, off, width):
-    """A value as a matrix: [1, width] of cv, or [chunk, width] of av."""
+def _view(cv, av, xa, chunk, side, off, width):
+    """A value as a matrix: [1, width] of cv, [chunk, width] of av, or (side 2) the pooled ad
+    rows themselves, when a split layer's ad part is exactly them in order (no copy)."""
     if side == 0:
         return cv[off:off + width].reshape((1, width))
+    if side == 2:
+        return xa
     return av[off:off + chunk * width].reshape((chunk, width))
 
 
@@ -97,7 +100,7 @@ def _exec(ins, i, n, xc, xa, cv, av, chunk, opd, params, lt, zeros, buf_a, buf_b
     out_off = ins[i, 2]
     out_w = ins[i, 3]
     rows = n if side == 1 else 1
-    out = _view(cv, av, chunk, side, out_off, out_w)
+    out = _view(cv, av, xa, chunk, side, out_off, out_w)
     o0 = ins[i, 10]
     no = ins[i, 11]
     if op == OP_GATHER:
@@ -113,7 +116,7 @@ def _exec(ins, i, n, xc, xa, cv, av, chunk, opd, params, lt, zeros, buf_a, buf_b
                         out[r, col + d] = _operand(xc, xa, cv, av, chunk, opd, j, r, d)
                 col += w
     elif op == OP_LINEAR or op == OP_MLP:
-        x = _view(cv, av, chunk, ins[i, 5], ins[i, 4], lt[ins[i, 8], 1])
+        x = _view(cv, av, xa, chunk, ins[i, 5], ins[i, 4], lt[ins[i, 8], 1])
         aux = ins[i, 6]
         first_bias = zeros[:0]
         if aux >= 0:
@@ -174,7 +177,7 @@ def _exec(ins, i, n, xc, xa, cv, av, chunk, opd, params, lt, zeros, buf_a, buf_b
                     if counts[r * n_slots + s] == 0.0:
                         out[r, 0] += wide_tables[wide_rows[opd[j, 2], 0] + srow]
     elif op == OP_CROSS:
-        x0 = _view(cv, av, chunk, ins[i, 5], ins[i, 4], out_w)
+        x0 = _view(cv, av, xa, chunk, ins[i, 5], ins[i, 4], out_w)
         for r in range(rows):
             for d in range(out_w):
                 out[r, d] = x0[r, d]
