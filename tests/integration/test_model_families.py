@@ -97,3 +97,28 @@ def test_hostile_bodies_at_a_graph_model_never_5xx(served):
     assert seen.get(200, 0) > 20 and seen.get(422, 0) + seen.get(400, 0) > 100, seen
     log = server.log_path.read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_an_experiment_arm_on_a_multi_head_model_answers_its_outputs(served, tmp_path):
+    import yaml
+
+    _, repo = served
+    config = {"models": [{"name": "demo-esmm"}, {"name": "demo-dcn-lowrank"}],
+              "default": "demo-dcn-lowrank",
+              "experiments": {"key": "context.user_id",
+                              "arms": [{"name": "esmm-50", "model": "demo-esmm", "share": 50}]}}
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(config))
+    with Server(repo, tmp_path / "log", args=["--models-config", str(tmp_path / "models.yaml")]) as s:
+        s.wait()
+        arms = {}
+        for u in range(40):
+            body = {"context": {"user_id": f"u{u}"}, "ads": [{"features": {"ad_id": "a1"}}]}
+            doc = s.client.post("/v1/score", json=body).json()
+            arm = doc.get("arm", "default")
+            arms[arm] = arms.get(arm, 0) + 1
+            if doc["model"] == "demo-esmm":
+                assert arm == "esmm-50" and set(doc["outputs"]) == {"pctr", "pcvr", "pctcvr"}
+                assert doc["scores"] == doc["outputs"]["pctr"]
+            else:
+                assert "outputs" not in doc
+        assert arms.get("esmm-50", 0) >= 5 and sum(arms.values()) - arms.get("esmm-50", 0) >= 5, arms
