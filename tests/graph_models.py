@@ -86,3 +86,26 @@ def mixed_request(rng: np.random.Generator, n: int, dense_dim: int = 2) -> tuple
             ad["dense"] = [float(x) for x in rng.standard_normal(dense_dim)]
         ads.append(ad)
     return ctx, ads
+
+
+# the groups the exporter tests build their family modules with (torch and Keras alike)
+FAMILY_GROUPS = [("user_id", "context", 200, 8, "sum"), ("clicked", "context", 300, 8, "weighted_sum"),
+                 ("recent", "context", 40, 8, "sqrtn"), ("ad_id", "ad", 300, 8, "mean"),
+                 ("category", "ad", 50, 8, "sum"), ("position", "ad", 10, 8, "sum")]
+
+
+def family_request(rng: np.random.Generator, n: int, *, huge_ids: bool = False) -> tuple[dict, list]:
+    """A request for FAMILY_GROUPS: a weighted context group, some ads without a position, two
+    dense values (float32-exact); ``huge_ids`` adds ids near 2**64."""
+    ctx = {"user_id": f"u{rng.integers(30)}",
+           "clicked": {"ids": [f"a{rng.integers(50)}" for _ in range(3)],
+                       "weights": [float(w) for w in rng.uniform(0, 2, 3)]},
+           "recent": [f"k{rng.integers(9)}" for _ in range(int(rng.integers(0, 4)))]}
+    ads = []
+    for i in range(n):
+        ad_ids = [f"a{rng.integers(50)}", 2**64 - 1 - i] if huge_ids else [f"a{rng.integers(50)}"] * (1 + i % 2)
+        feats = {"ad_id": ad_ids, "category": f"k{rng.integers(9)}"}
+        if i % 3:
+            feats["position"] = str(1 + i % 5)
+        ads.append({"features": feats, "dense": [float(np.float32(v)) for v in rng.standard_normal(2)]})
+    return ctx, ads

@@ -312,7 +312,7 @@ class GraphEngine:
     def __init__(self, package: ModelPackage, *, chunk: int = 96, small_batch: int = 1,
                  warm: bool = True) -> None:
         from .features import feature_id
-        from .scorer import _SidePlan
+        from .scorer import side_plans
 
         m = package.manifest
         self.package = package
@@ -321,15 +321,7 @@ class GraphEngine:
         self.layout = FeatureLayout(m.groups, m.dense_dim)
         self.chunk = int(chunk)
         self.small_batch = int(small_batch)
-        by_name = {g.name: (t, q, m.table_of(g).dtype)
-                   for g, t, q in zip(m.groups, package.tables, package.qparams)}
-
-        def plan(groups) -> _SidePlan:
-            parts = [by_name[g.name] for g in groups]
-            return _SidePlan(groups, [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts])
-
-        self._ctx = plan(self.layout.ctx_groups)
-        self._ad = plan(self.layout.ad_groups)
+        self._ctx, self._ad = side_plans(package, self.layout)
         self.dense_col = self._ad.width
         self.ad_width = self._ad.width + m.dense_dim
         self.serving_ids = {g.name: feature_id(g.serving_value, f"groups.{g.name}.serving_value")

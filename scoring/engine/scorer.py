@@ -170,6 +170,19 @@ class _SidePlan:
                 self.cols, self.dims)
 
 
+def side_plans(package: ModelPackage, layout: FeatureLayout) -> tuple["_SidePlan", "_SidePlan"]:
+    """The kernel arguments of the context groups and of the ad groups."""
+    m = package.manifest
+    by_name = {g.name: (t, q, m.table_of(g).dtype)
+               for g, t, q in zip(m.groups, package.tables, package.qparams)}
+
+    def plan(groups) -> _SidePlan:
+        parts = [by_name[g.name] for g in groups]
+        return _SidePlan(groups, [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts])
+
+    return plan(layout.ctx_groups), plan(layout.ad_groups)
+
+
 def _readonly_table(t: np.ndarray) -> np.ndarray:
     """A C-contiguous read-only view of a table in its stored dtype (no copy of a mapped file)."""
     a = np.ascontiguousarray(t)
@@ -197,16 +210,7 @@ class Engine:
         self.chunk = int(chunk)
         self.small_batch = int(small_batch)
 
-        by_name = {g.name: (t, q, m.table_of(g).dtype)
-                   for g, t, q in zip(m.groups, package.tables, package.qparams)}
-
-        def plan(groups) -> _SidePlan:
-            parts = [by_name[g.name] for g in groups]
-            return _SidePlan(groups, [p[0] for p in parts], [p[1] for p in parts],
-                             [p[2] for p in parts])
-
-        self._ctx = plan(self.layout.ctx_groups)
-        self._ad = plan(self.layout.ad_groups)
+        self._ctx, self._ad = side_plans(package, self.layout)
         self.dense_col = self._ad.width
 
         # layer 1 split into context rows and ad rows (+ dense rows), in the kernels' column order

@@ -20,23 +20,9 @@ from scoring.model.keras_families import (  # noqa: E402
 )
 from scoring.model.package import load_package  # noqa: E402
 
-GROUPS = [("user_id", "context", 200, 8, "sum"), ("clicked", "context", 300, 8, "weighted_sum"),
-          ("recent", "context", 40, 8, "sqrtn"), ("ad_id", "ad", 300, 8, "mean"),
-          ("category", "ad", 50, 8, "sum"), ("position", "ad", 10, 8, "sum")]
+from ...graph_models import FAMILY_GROUPS, family_request  # noqa: E402
 
-
-def _request(rng, n):
-    ctx = {"user_id": f"u{rng.integers(30)}",
-           "clicked": {"ids": [f"a{rng.integers(50)}" for _ in range(3)],
-                       "weights": [float(w) for w in rng.uniform(0, 2, 3)]},
-           "recent": [f"k{rng.integers(9)}" for _ in range(int(rng.integers(0, 4)))]}
-    ads = []
-    for i in range(n):
-        feats = {"ad_id": [f"a{rng.integers(50)}", 2**64 - 1 - i], "category": f"k{rng.integers(9)}"}
-        if i % 3:
-            feats["position"] = str(1 + i % 5)
-        ads.append({"features": feats, "dense": [float(np.float32(v)) for v in rng.standard_normal(2)]})
-    return ctx, ads
+GROUPS = FAMILY_GROUPS
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -48,7 +34,7 @@ def test_keras_family_to_package_to_engine(tmp_path, family):
                                                    version="v1")))
     rng = np.random.default_rng(2)
     for n in (1, 9):  # ids near 2**64 too: two's complement in the int64 tensors
-        ctx, ads = _request(rng, n)
+        ctx, ads = family_request(rng, n, huge_ids=True)
         want = model.predict(serving_tensors(spec, ctx, ads), verbose=0)
         got = engine.score_outputs(ctx, ads)
         assert set(got) == set(want)

@@ -14,24 +14,10 @@ from scoring.model.families import FAMILIES
 from scoring.model.package import load_package
 from scoring.model.torch_families import FamilyNet, export_family_torch
 
-GROUPS = [("user_id", "context", 200, 8, "sum"), ("clicked", "context", 300, 8, "weighted_sum"),
-          ("recent", "context", 40, 8, "sqrtn"), ("ad_id", "ad", 300, 8, "mean"),
-          ("category", "ad", 50, 8, "sum"), ("position", "ad", 10, 8, "sum")]
+from ...graph_models import FAMILY_GROUPS, family_request
+
+GROUPS = FAMILY_GROUPS
 WIDE_ROWS = 97
-
-
-def _request(rng, n):
-    ctx = {"user_id": f"u{rng.integers(30)}",
-           "clicked": {"ids": [f"a{rng.integers(50)}" for _ in range(3)],
-                       "weights": [float(w) for w in rng.uniform(0, 2, 3)]},
-           "recent": [f"k{rng.integers(9)}" for _ in range(int(rng.integers(0, 4)))]}
-    ads = []
-    for i in range(n):
-        feats = {"ad_id": [f"a{rng.integers(50)}"] * (1 + i % 2), "category": f"k{rng.integers(9)}"}
-        if i % 3:
-            feats["position"] = str(1 + i % 5)
-        ads.append({"features": feats, "dense": [float(v) for v in rng.standard_normal(2)]})
-    return ctx, ads
 
 
 def _torch_inputs(net, ctx, ads):
@@ -69,7 +55,7 @@ def test_torch_family_to_package_to_engine(tmp_path, family):
     engine = GraphEngine(load_package(path))
     rng = np.random.default_rng(1)
     for n in (1, 6, 110):
-        ctx, ads = _request(rng, n)
+        ctx, ads = family_request(rng, n)
         with torch.no_grad():
             want = {k: v.numpy() for k, v in net(*_torch_inputs(net, ctx, ads)).items()}
         got = engine.score_outputs(ctx, ads)
