@@ -210,3 +210,48 @@ def test_widths_are_checked_at_load(mixed, tmp_path, change, message):
     change(m)
     with pytest.raises(PackageError, match=message):
         write_package(tmp_path / "p", m, arrays)
+
+
+def test_mutated_graph_manifests_fail_with_package_errors_only(mixed, tmp_path):
+    """Every field of a graph manifest (every op, pooling and output kind) replaced by junk, by
+    another field's value or deleted, one at a time and a few at once: the parser accepts it or
+    raises PackageError, never another exception; and what it accepts loads or fails with a
+    PackageError naming the problem."""
+    import random
+
+    from .test_format2 import _JUNK, _paths
+
+    manifest, arrays = mixed
+    paths = [p for p in _paths(manifest) if p]
+    values = [v for p in paths for v in [_get(manifest, p)] if not isinstance(v, (dict, list))]
+    rnd = random.Random(1)
+    errors = accepted = 0
+    for trial in range(2000):
+        m = copy.deepcopy(manifest)
+        for path in rnd.sample(paths, k=1 if trial < 1000 else 3):
+            try:
+                parent = _get(m, path[:-1])
+                if rnd.random() < 0.2 and isinstance(parent, dict):
+                    parent.pop(path[-1], None)
+                else:
+                    parent[path[-1]] = copy.deepcopy(rnd.choice(_JUNK + values))
+            except (KeyError, IndexError, TypeError):
+                continue
+        try:
+            parse_manifest(m)
+        except PackageError:
+            errors += 1
+            continue
+        accepted += 1
+        if accepted % 25 == 0:  # some of what parses goes on to the loader
+            try:
+                write_package(tmp_path / f"p{trial}", m, arrays)
+            except PackageError:
+                pass
+    assert errors > 1000 and accepted > 50, (errors, accepted)
+
+
+def _get(doc, path):
+    for key in path:
+        doc = doc[key]
+    return doc
