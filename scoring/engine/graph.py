@@ -27,6 +27,7 @@ from . import graph_kernels as gk
 from . import kernels
 from .features import EncodedBatch, FeatureLayout
 from .outputs import overflow
+from .scorer import JsonScoring, side_plans
 
 _ACT = {"relu": kernels.ACT_RELU, "none": kernels.ACT_NONE}
 
@@ -302,9 +303,10 @@ class _Scratch:
     vals: np.ndarray
 
 
-class GraphEngine:
+class GraphEngine(JsonScoring):
     """A format 2 model graph ready to score: the plan compiled, kernels warm. Answers every
-    output (``score_outputs``) and the primary one as ``score``."""
+    output (``score_outputs``) and the primary one as ``score``; a single-head graph also
+    through the compiled body scanner (``score_json``)."""
 
     kind = "graph"
     supports_health = False  # the health monitor and the guarded swap watch MLP models
@@ -312,8 +314,6 @@ class GraphEngine:
     def __init__(self, package: ModelPackage, *, chunk: int = 96, small_batch: int = 1,
                  warm: bool = True) -> None:
         from .features import feature_id
-        from .scorer import side_plans
-
         m = package.manifest
         self.package = package
         self.manifest = m
@@ -352,6 +352,7 @@ class GraphEngine:
         self.zeros = np.zeros(self.width, np.float32)
         self.n_instructions = len(self.ins)
         self._pool: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
+        self._scan_pool: queue.SimpleQueue = queue.SimpleQueue()
         self.warm_seconds = 0.0
         self.warm_nonfinite = False
         if warm:
@@ -398,6 +399,14 @@ class GraphEngine:
     def score_encoded(self, batch: EncodedBatch) -> np.ndarray:
         return self.outputs_encoded(batch)[self.primary]
 
+    def score_json(self, body: bytes, max_ads: int, max_values: int, keep=None):
+        """The scanner's path for a single-head graph (None for a multi-head one: the caller
+        decodes the body and answers every output). ``keep`` is ignored: the health monitor
+        watches MLP models."""
+        if len(self.output_names) > 1:
+            return None
+        return JsonScoring.score_json(self, body, max_ads, max_values, None)
+
     def score(self, context: Mapping[str, Any] | None, ads: Sequence[Any], keep=None) -> np.ndarray:
         return self.score_encoded(self.layout.encode(context, ads))
 
@@ -416,6 +425,12 @@ class GraphEngine:
                     "dense": [0.5] * self.manifest.dense_dim} for _ in range(n)]
             try:
                 self.score_outputs(ctx, ads)
+                if len(self.output_names) == 1 and not self.manifest.dense_dim:
+                    import orjson  # the compiled body scanner the service tries first
+
+                    body = orjson.dumps({"request_id": "warm-up", "context": ctx, "ads": ads})
+                    if self.score_json(body, max_ads=n, max_values=2) is None:
+                        raise RuntimeError("warm-up: the body scanner refused a well-formed body")
             except Exception as exc:  # an overflow on random inputs: the model still serves
                 if exc.__class__.__name__ != "NonFiniteOutput":
                     raise

@@ -192,8 +192,84 @@ def _readonly_table(t: np.ndarray) -> np.ndarray:
     return a
 
 
-class Engine:
+class JsonScoring:
+    """The compiled body scanner (``jsonscan``) in front of an engine's ``score_encoded``:
+    ``score_json`` scores a raw body in one pass when it fits the scanner's shape. The engine
+    provides ``layout``, ``manifest``, ``score_encoded`` and a ``_scan_pool``."""
+
+    def score_json(self, body: bytes, max_ads: int, max_values: int,
+                   keep: Keep | None = None) -> tuple[np.ndarray, Any] | None:
+        """Score a raw score-request body through the compiled scanner (``jsonscan``).
+
+        Returns (pCTRs, request_id), or None when the body is outside the scanner's shape (escapes,
+        dense features, errors, limits exceeded, ...): the caller then decodes it the ordinary way,
+        which scores it or names what is wrong."""
+        if self.manifest.dense_dim:
+            return None
+        sb = self._scan_buffers()
+        try:
+            scanned = self._scan(sb, body, max_ads, max_values)
+            if scanned is None:
+                return None
+            batch, rid_kind, rid_s, rid_e = scanned
+            try:
+                scores = self.score_encoded(batch)
+            finally:  # a request the net overflows on is sampled too (then re-raised)
+                if keep is not None:
+                    keep(self, batch, True)
+        finally:
+            self._scan_pool.put(sb)
+        rid = orjson.loads(body[rid_s:rid_e]) if rid_kind != jsonscan.RID_NONE else None
+        return scores, rid
+
+    def scan_json(self, body: bytes, max_ads: int, max_values: int) -> EncodedBatch | None:
+        """The scanner alone: the body's hashed feature arrays (copies), or None where
+        ``score_json`` would fall back. For benchmarks (a stage of the full path) and tests."""
+        if self.manifest.dense_dim:
+            return None
+        sb = self._scan_buffers()
+        try:
+            scanned = self._scan(sb, body, max_ads, max_values)
+            if scanned is None:
+                return None
+            b = scanned[0]
+            return EncodedBatch(b.ctx_ids.copy(), b.ctx_keys.copy(), b.ctx_lens.copy(),
+                                b.ad_ids.copy(), b.ad_keys.copy(), b.ad_lens.copy(), b.dense,
+                                b.n_ads)
+        finally:
+            self._scan_pool.put(sb)
+
+    def _scan_buffers(self) -> _ScanBuffers:
+        try:
+            return self._scan_pool.get_nowait()
+        except queue.Empty:
+            return _ScanBuffers(max(len(self.layout.ctx_groups), len(self.layout.ad_groups)))
+
+    def _scan(self, sb: _ScanBuffers, body: bytes, max_ads: int, max_values: int):
+        """Run the scanner into ``sb``: (batch viewing sb's arrays, rid kind, start, end) or None."""
+        sb.fit(len(body))
+        names, offsets, hashes, slots, sides = self.layout.scan_tables
+        code = jsonscan.scan_request(
+            np.frombuffer(body, dtype=np.uint8), names, offsets, hashes, slots, sides,
+            len(self.layout.ad_groups), max_ads, max_values, _LITERALS, sb.ctx_ids,
+            sb.ctx_keys, sb.ctx_lens, sb.ad_ids, sb.ad_keys, sb.ad_lens, sb.meta, sb.num,
+            sb.seen, sb.have)
+        if code != jsonscan.OK:
+            return None
+        nc, ec, na, ea, n_ads, rid_kind, rid_s, rid_e = sb.meta.tolist()
+        batch = EncodedBatch(sb.ctx_ids[:nc], sb.ctx_keys[:ec], sb.ctx_lens[:ec],
+                             sb.ad_ids[:na], sb.ad_keys[:ea], sb.ad_lens[:ea],
+                             _NO_DENSE[n_ads] if n_ads < len(_NO_DENSE) else
+                             np.zeros((n_ads, 0), dtype=np.float32), n_ads)
+        return batch, rid_kind, rid_s, rid_e
+
+
+
+class Engine(JsonScoring):
     """A model ready to score: weights laid out, kernels compiled and warm."""
+
+    kind = "mlp"
+    supports_health = True  # the health monitor and the guarded swap watch it
 
     def __init__(self, package: ModelPackage, *, chunk: int = CHUNK,
                  small_batch: int = SMALL_BATCH, warm: bool = True) -> None:
@@ -308,72 +384,6 @@ class Engine:
         if bad >= 0:
             raise overflow(bad)
         return out
-
-    def score_json(self, body: bytes, max_ads: int, max_values: int,
-                   keep: Keep | None = None) -> tuple[np.ndarray, Any] | None:
-        """Score a raw score-request body through the compiled scanner (``jsonscan``).
-
-        Returns (pCTRs, request_id), or None when the body is outside the scanner's shape (escapes,
-        dense features, errors, limits exceeded, ...): the caller then decodes it the ordinary way,
-        which scores it or names what is wrong."""
-        if self.manifest.dense_dim:
-            return None
-        sb = self._scan_buffers()
-        try:
-            scanned = self._scan(sb, body, max_ads, max_values)
-            if scanned is None:
-                return None
-            batch, rid_kind, rid_s, rid_e = scanned
-            try:
-                scores = self.score_encoded(batch)
-            finally:  # a request the net overflows on is sampled too (then re-raised)
-                if keep is not None:
-                    keep(self, batch, True)
-        finally:
-            self._scan_pool.put(sb)
-        rid = orjson.loads(body[rid_s:rid_e]) if rid_kind != jsonscan.RID_NONE else None
-        return scores, rid
-
-    def scan_json(self, body: bytes, max_ads: int, max_values: int) -> EncodedBatch | None:
-        """The scanner alone: the body's hashed feature arrays (copies), or None where
-        ``score_json`` would fall back. For benchmarks (a stage of the full path) and tests."""
-        if self.manifest.dense_dim:
-            return None
-        sb = self._scan_buffers()
-        try:
-            scanned = self._scan(sb, body, max_ads, max_values)
-            if scanned is None:
-                return None
-            b = scanned[0]
-            return EncodedBatch(b.ctx_ids.copy(), b.ctx_keys.copy(), b.ctx_lens.copy(),
-                                b.ad_ids.copy(), b.ad_keys.copy(), b.ad_lens.copy(), b.dense,
-                                b.n_ads)
-        finally:
-            self._scan_pool.put(sb)
-
-    def _scan_buffers(self) -> _ScanBuffers:
-        try:
-            return self._scan_pool.get_nowait()
-        except queue.Empty:
-            return _ScanBuffers(max(len(self.layout.ctx_groups), len(self.layout.ad_groups)))
-
-    def _scan(self, sb: _ScanBuffers, body: bytes, max_ads: int, max_values: int):
-        """Run the scanner into ``sb``: (batch viewing sb's arrays, rid kind, start, end) or None."""
-        sb.fit(len(body))
-        names, offsets, hashes, slots, sides = self.layout.scan_tables
-        code = jsonscan.scan_request(
-            np.frombuffer(body, dtype=np.uint8), names, offsets, hashes, slots, sides,
-            len(self.layout.ad_groups), max_ads, max_values, _LITERALS, sb.ctx_ids,
-            sb.ctx_keys, sb.ctx_lens, sb.ad_ids, sb.ad_keys, sb.ad_lens, sb.meta, sb.num,
-            sb.seen, sb.have)
-        if code != jsonscan.OK:
-            return None
-        nc, ec, na, ea, n_ads, rid_kind, rid_s, rid_e = sb.meta.tolist()
-        batch = EncodedBatch(sb.ctx_ids[:nc], sb.ctx_keys[:ec], sb.ctx_lens[:ec],
-                             sb.ad_ids[:na], sb.ad_keys[:ea], sb.ad_lens[:ea],
-                             _NO_DENSE[n_ads] if n_ads < len(_NO_DENSE) else
-                             np.zeros((n_ads, 0), dtype=np.float32), n_ads)
-        return batch, rid_kind, rid_s, rid_e
 
     def mlp(self, x_ctx: np.ndarray, x_ad: np.ndarray) -> np.ndarray:
         """The MLP alone on pooled inputs (context vector once, ad rows in kernel column order);

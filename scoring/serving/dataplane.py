@@ -64,7 +64,8 @@ class DataPlane:
             monitor = self.monitor
             sampled = monitor is not None and monitor.due()  # one request in 1/rate
             scan = getattr(model.scorer, "score_json", None) if model is not None else None
-            keep = monitor.keeper(model) if sampled and scan is not None else None
+            keep = monitor.keeper(model) if sampled and scan is not None and getattr(
+                model.scorer, "supports_health", True) else None
             fast = scan(body, self.max_ads, self.max_values, keep) if scan is not None else None
             if fast is not None:  # the compiled scanner took the body (see scoring/jsonscan.py)
                 scores, request_id = fast
@@ -90,7 +91,7 @@ class DataPlane:
                            "scores": outputs[heads[scorer.primary]], "outputs": outputs,
                            "request_id": request.request_id}
                 else:
-                    if sampled and getattr(scorer, "score_json", None) is not None:  # our engine
+                    if sampled and getattr(scorer, "supports_health", False):  # our MLP engine
                         scores = scorer.score(request.context, ads, monitor.keeper(model))
                     else:
                         scores = scorer.score(request.context, ads)

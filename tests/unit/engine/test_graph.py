@@ -211,3 +211,20 @@ def test_a_last_relu_layer_makes_a_graph_not_an_error(tmp_path):
     ads = [{"features": {"b": f"v{i}"}} for i in range(9)]
     np.testing.assert_allclose(GraphEngine(pkg).score({"a": "u"}, ads),
                                graph_outputs(pkg, {"a": "u"}, ads)["pctr"], atol=1e-6)
+
+
+def test_the_body_scanner_serves_single_head_graphs_and_hands_multi_head_ones_back(family):
+    import orjson
+
+    pkg, engine = family
+    ctx, ads = _request(np.random.default_rng(8), 12)
+    body = orjson.dumps({"request_id": "r", "context": ctx, "ads": ads})
+    got = engine.score_json(body, 100, 16)
+    if len(pkg.manifest.graph.outputs) > 1:
+        assert got is None  # the caller decodes it and answers every output
+    else:
+        scores, rid = got
+        assert rid == "r"
+        np.testing.assert_array_equal(scores, engine.score(ctx, ads))
+        weighted = orjson.dumps({"context": {**ctx, "user_id": {"ids": ["u"], "weights": [1]}}, "ads": ads})
+        assert engine.score_json(weighted, 100, 16) is None  # an object value: the ordinary path
