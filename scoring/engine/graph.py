@@ -4,9 +4,10 @@ At load, every block an output needs becomes one or more instructions, each with
 context-side instructions (every input context-side) run once per request, ad-side ones per
 chunk of ads. The context split generalises the MLP engine's:
 
-* an ``mlp`` fed by a concat with context members splits its first layer, ``x @ W = x_ctx @
-  W_ctx + x_ad @ W_ad``: the context part is one context-side instruction whose result enters
-  the ad-side layer as its bias (a cross layer is not split: it needs the whole ``x0``);
+* an ``mlp`` or a ``cross`` fed by a concat with context members splits its first linear
+  layer, ``x @ W = x_ctx @ W_ctx + x_ad @ W_ad`` (for a low-rank cross, ``x @ u``): the context
+  part is one context-side instruction whose result enters the ad-side product as its bias
+  (the cross still reads the whole ``x0`` for its element-wise product);
 * ``fm2`` splits as ``0.5 * sum_k((S_c + S_a)^2 - Q_c - Q_a)``, ``S_c``, ``Q_c`` once per request;
 * ``linear_ids`` sums the context groups' weights once per request.
 
@@ -224,14 +225,28 @@ class _Plan:
 
     def _cross(self, b, ignored) -> _Value:
         x0 = self.ref_value(b.inputs[0], ignored)
+        split = self._split_input(b.inputs[0], ignored)
         operands = []
-        for layer in b.layers:
+        for i, layer in enumerate(b.layers):
             bias = np.asarray(self.arrays[layer.bias], np.float32)
-            if layer.weight:
-                k = self.layer(np.asarray(self.arrays[layer.weight], np.float32), bias, kernels.ACT_NONE)
+            first = self.arrays[layer.weight] if layer.weight else self.arrays[layer.u]
+            first = np.asarray(first, np.float32)
+            if i == 0 and split is not None:  # x0 @ W = x_ctx @ W_ctx + x_ad @ W_ad
+                ctx_part, ad_part, ctx_cols, ad_cols = split
+                ctx_bias = bias if layer.weight else None
+                k_ctx = self.layer(first[ctx_cols], ctx_bias if ctx_bias is not None else
+                                   np.zeros(first.shape[1], np.float32), kernels.ACT_NONE)
+                c = self.emit(gk.OP_LINEAR, self.alloc(0, first.shape[1]), inp=ctx_part, lt=(k_ctx, 1))
+                k = self.layer(first[ad_cols], None, kernels.ACT_NONE)
+                if not layer.weight:
+                    self.layer(np.asarray(self.arrays[layer.v], np.float32), bias, kernels.ACT_NONE)
+                operands.append([ad_part.offset, ad_part.side, k, 3 if layer.weight else 4,
+                                 c.offset, 0])
+            elif layer.weight:
+                k = self.layer(first, bias, kernels.ACT_NONE)
                 operands.append([0, 0, k, 1, -1, 0])
             else:
-                k = self.layer(np.asarray(self.arrays[layer.u], np.float32), None, kernels.ACT_NONE)
+                k = self.layer(first, None, kernels.ACT_NONE)
                 self.layer(np.asarray(self.arrays[layer.v], np.float32), bias, kernels.ACT_NONE)
                 operands.append([0, 0, k, 2, -1, 0])
         return self.emit(gk.OP_CROSS, self.alloc(x0.side, x0.width), inp=x0, operands=operands)

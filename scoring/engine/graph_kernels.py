@@ -181,17 +181,28 @@ def _exec(ins, i, n, xc, xa, cv, av, chunk, opd, params, lt, zeros, buf_a, buf_b
         for r in range(rows):
             for d in range(out_w):
                 out[r, d] = x0[r, d]
-        for j in range(o0, o0 + no):  # one operand per cross layer: (layer row, rows used)
+        for j in range(o0, o0 + no):  # one operand per cross layer: (layer row, its kind)
             k0 = opd[j, 2]
-            low = opd[j, 3] == 2
-            if low:
+            kind = opd[j, 3]
+            sb = small_batch if side == 1 else 1 << 30
+            if kind >= 3:  # a split first layer: the ad part times W_ad (or u_ad), plus the
+                # context part computed once per request (as the bias)
+                xad = _view(cv, av, xa, chunk, opd[j, 1], opd[j, 0], lt[k0, 1])
+                c = opd[j, 4]
+                dst = buf_a if kind == 3 else buf_b
+                _layers(xad, rows, params, lt, k0, 1, cv[c:c + lt[k0, 2]], zeros, dst, buf_a,
+                        buf_b, sb, idx, vals)
+                if kind == 4:
+                    _layers(buf_b, rows, params, lt, k0 + 1, 1, zeros[:0], zeros, buf_a, buf_b,
+                            buf_b, sb, idx, vals)
+            elif kind == 2:
                 _layers(out, rows, params, lt, k0, 1, zeros[:0], zeros, buf_b, buf_a, buf_a,
-                        small_batch if side == 1 else 1 << 30, idx, vals)
+                        sb, idx, vals)
                 _layers(buf_b, rows, params, lt, k0 + 1, 1, zeros[:0], zeros, buf_a, buf_b, buf_b,
-                        small_batch if side == 1 else 1 << 30, idx, vals)
+                        sb, idx, vals)
             else:
                 _layers(out, rows, params, lt, k0, 1, zeros[:0], zeros, buf_a, buf_b, buf_b,
-                        small_batch if side == 1 else 1 << 30, idx, vals)
+                        sb, idx, vals)
             for r in range(rows):
                 for d in range(out_w):
                     out[r, d] = x0[r, d] * buf_a[r, d] + out[r, d]
