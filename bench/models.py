@@ -203,10 +203,12 @@ def flops(pkg, ctx_dims: int) -> tuple[int, int]:
                 if k == 0 and b.inputs[0][0] == "block" and g.block(b.inputs[0][1]).op == "concat":
                     removed += 2 * ctx_dims * w[1]
         elif b.op == "cross":
-            for layer in b.layers:
+            for k, layer in enumerate(b.layers):
                 d = pkg.arrays[layer.bias].shape[0]
                 total += (2 * d * d if layer.weight else
                           2 * pkg.arrays[layer.u].size + 2 * pkg.arrays[layer.v].size) + 3 * d
+                if k == 0 and b.inputs[0][0] == "block" and g.block(b.inputs[0][1]).op == "concat":
+                    removed += 2 * ctx_dims * (d if layer.weight else pkg.arrays[layer.u].shape[1])
         elif b.op == "fm2":
             k = pkg.manifest.groups[0].dim
             total += 4 * len(b.groups) * k
