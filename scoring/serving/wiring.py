@@ -73,8 +73,9 @@ def health_monitor(settings: Settings, registry: Registry, metrics: Metrics):
 def in_process_sync(settings: Settings, registry, metrics) -> list:
     """With ``CTR_SYNC_SOURCE`` set, a model syncer (:mod:`scoring.sync`) runs in this process: started
     and stopped with the app, asked first by the reload endpoint, and the registry looks at the
-    repository as soon as it installs a version. With ``--workers N`` every worker runs one; a file
-    lock lets only one of them download."""
+    repository as soon as it installs a version. With ``--workers N`` every worker has one, and
+    only the host's sync leader (a file lock) polls and downloads; the others follow the
+    repository (:mod:`scoring.sync.background`)."""
     if not os.environ.get("CTR_SYNC_SOURCE"):
         return []
     from ..sync import metrics as sync_metrics

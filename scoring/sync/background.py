@@ -4,6 +4,12 @@
 ``start_background_sync(config)`` starts polling and returns a :class:`SyncHandle` whose
 ``sync_now()`` runs a cycle at once (what ``POST /v1/models/{name}/reload`` does) and waits for it.
 
+One poller per host: with ``ctr-serve --workers N`` every worker has a handle, but only the one
+holding ``<repo>/<model>/.sync.leader`` (an exclusive ``flock``, held for the process's life)
+polls the source; the others follow the repository through the registry, checking every few
+seconds whether the leadership is free (the leader's process gone: the kernel drops its lock)
+and running one cycle of their own only when their reload endpoint asks for it.
+
     CTR_SYNC_SOURCE        the remote package URL (required to enable sync)
     CTR_SYNC_MODEL         local model name (default: the last part of the source path)
     CTR_SYNC_INTERVAL      seconds between polls (60)
@@ -18,6 +24,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import posixpath
@@ -33,6 +40,8 @@ from .throttle import parse_rate
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "CTR_SYNC_"
+LEADER_LOCK = ".sync.leader"
+FOLLOWER_RECHECK = 5.0  # seconds between a follower's looks at the leadership
 
 
 def config_from_env(repo: str | os.PathLike, env: Mapping[str, str] | None = None) -> SyncConfig | None:
@@ -85,6 +94,9 @@ class SyncHandle:
         self._in_cycle = 0    # requests the running cycle answers
         self._answered = 0    # requests answered by a finished cycle
         self._last: SyncResult | None = None
+        self._leader_fh = None
+        self.role = "starting"  # "leader": this process polls for the host; "follower"
+        self.recheck = FOLLOWER_RECHECK
         self._thread = threading.Thread(target=self._run, name=f"ctr-sync-{syncer.model}", daemon=True)
 
     @property
@@ -98,7 +110,36 @@ class SyncHandle:
     def _run(self) -> None:
         if self.low_priority:  # downloads and md5s only use CPU time requests do not want
             log.debug("model %r: sync thread priority: %s", self.model, lower_thread_priority(idle=True))
-        self.syncer.run_forever(self._wake, on_result=self._on_result, on_start=self._on_start)
+        stop = self.syncer.stop_event
+        while not stop.is_set():
+            if self._lead():
+                self.role = "leader"
+                log.info("model %r: this process polls %s for the host (sync leader)", self.model,
+                         self.syncer.source.describe())
+                self.syncer.run_forever(self._wake, on_result=self._on_result, on_start=self._on_start)
+                return
+            self.role = "follower"
+            if self._wake.wait(self.recheck) and not stop.is_set():
+                self._wake.clear()  # a reload asked this worker: one cycle of its own (the
+                self._on_start()    # sync lock keeps it from overlapping the leader's)
+                self._on_result(self.syncer.cycle(wait_for_lock=True))
+
+    def _lead(self) -> bool:
+        """Take the host's leadership for this model if it is free (kept until the process ends)."""
+        try:
+            mdir = self.syncer.repo.model_dir(self.model)
+            mdir.mkdir(parents=True, exist_ok=True)
+            fh = open(mdir / LEADER_LOCK, "a+")
+        except OSError as exc:  # a read-only or missing repository: poll anyway (the cycle says why)
+            log.warning("model %r: no sync leadership file (%s); polling from this process", self.model, exc)
+            return True
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        self._leader_fh = fh
+        return True
 
     def _on_start(self) -> None:
         with self._cond:
@@ -151,6 +192,9 @@ class SyncHandle:
         self._wake.set()
         self._thread.join(timeout)
         self.syncer.close()
+        if self._leader_fh is not None:  # hand the leadership over at once
+            self._leader_fh.close()
+            self._leader_fh = None
 
 
 def start_background_sync(config: SyncConfig, *, on_installed: Callable[[str, str], None] | None = None,

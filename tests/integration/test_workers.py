@@ -65,3 +65,56 @@ def test_two_workers_share_the_tables(tmp_path):
         print(f"tables in 2 workers: RSS {file_rss >> 10} KiB, PSS {file_pss >> 10} KiB")
         assert mems[0].file_rss > 2 << 20 and mems[1].file_rss > 2 << 20
         assert file_pss < 0.6 * file_rss
+
+
+def test_two_workers_poll_the_source_once_per_interval_and_both_serve_new_versions(tmp_path):
+    """In-process sync with --workers 2: only the host's sync leader polls (one checksums.md5
+    request per interval, not two); a new version reaches both workers."""
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from ..models import make_model
+
+    remote = tmp_path / "remote"
+    make_model(remote / "ctr", version="v1", seed=1)
+    polls = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(remote), **kw)
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.endswith("checksums.md5"):
+                polls.append(time.monotonic())
+            super().do_GET()
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    interval = 1.0
+    env = {"CTR_SYNC_SOURCE": f"http://127.0.0.1:{http.server_address[1]}/ctr",
+           "CTR_SYNC_INTERVAL": str(interval), "CTR_SYNC_RATE_LIMIT": "0", "CTR_POLL_INTERVAL": "0.2"}
+    try:
+        with Server(tmp_path / "repo", tmp_path / "server.log", args=["--workers", "2"], env=env) as server:
+            assert wait_ready_everywhere(server.url, 10, 90), server.log()
+            polls.clear()
+            time.sleep(6 * interval)
+            # one poller: about one poll per interval (jitter +-), not one per worker
+            assert 3 <= len(polls) <= 9, (len(polls), server.log())
+            shutil.rmtree(remote / "ctr")
+            make_model(remote / "ctr", version="v2", seed=2)
+            deadline = time.monotonic() + 30
+            seen: set[str] = set()
+            while time.monotonic() < deadline:
+                seen = {httpx.get(f"{server.url}/v1/models/ctr", timeout=10).json().get("version")
+                        for _ in range(12)}  # new connections: both workers answer
+                if seen == {"v2"}:
+                    break
+                time.sleep(0.2)
+            assert seen == {"v2"}, (seen, server.log())
+            log = server.log()
+            assert log.count("sync leader") == 1, log
+    finally:
+        http.shutdown()

@@ -74,3 +74,41 @@ def test_a_compact_package_syncs_with_its_qparams(tmp_path):
     assert syncer.cycle().status == INSTALLED
     pkg = load_package(syncer.repo.path("ctr", "v1"))
     assert all(q is not None for q in pkg.qparams)
+
+
+def test_one_poller_per_host_and_the_leadership_passes_on(tmp_path):
+    """Two handles on one repository (two workers of one host): only the leader polls; a
+    reload asked of the follower runs one cycle; when the leader stops, the follower takes
+    over within its recheck interval and polls from then on."""
+    import time
+
+    make_model(tmp_path / "remote", version="v1")
+    a = start_background_sync(config(tmp_path, interval=0.2))
+    time.sleep(0.3)
+    b = _second_worker(tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        while a.status.cycles < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a.role == "leader" and b.role == "follower"
+        assert b.status.cycles == 0 and a.status.cycles >= 3  # one poller
+        result = b.sync_now(timeout=30)  # a reload on the follower: one cycle of its own
+        assert result is not None and result.ok and b.status.cycles == 1
+        a.stop()
+        deadline = time.monotonic() + 10
+        while b.role != "leader" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b.role == "leader"
+        deadline = time.monotonic() + 10
+        while b.status.cycles < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b.status.cycles >= 3
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _second_worker(tmp_path):
+    handle = start_background_sync(config(tmp_path, interval=0.2), start=False)
+    handle.recheck = 0.1
+    return handle.start()
