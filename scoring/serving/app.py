@@ -65,7 +65,9 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
     if registry.metrics is None:
         registry.metrics = metrics
     plane = DataPlane(settings, registry, metrics, default_route, monitor=monitor)
-    admin = AdminAuth(settings.admin_token.get_secret_value() if settings.admin_token else None)
+    admin = AdminAuth(settings.admin_token.get_secret_value() if settings.admin_token else None,
+                      settings.admin_port)
+    drain_file = settings.drain_file
     max_body = settings.max_body_bytes
     explain_public = settings.explain_public
 
@@ -185,9 +187,13 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/readyz", summary="Readiness: 503 until every configured model is loaded and warm",
-             responses={503: error_doc("Not ready; says which model is missing")})
+    @app.get("/readyz", summary="Readiness: 503 until every configured model is loaded and warm, "
+             "and while the drain file (CTR_DRAIN_FILE) exists",
+             responses={503: error_doc("Not ready; says which model is missing, or draining")})
     async def readyz() -> Response:
+        if drain_file is not None and drain_file.exists():
+            return json_response({"error": f"draining: {drain_file} exists (the process is "
+                                  "stopping; it still scores what it is sent)", "draining": True}, 503)
         ok, body = plane.ready()
         if ok:
             return json_response(body)

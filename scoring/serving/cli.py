@@ -28,6 +28,7 @@ FLAGS: dict[str, tuple[str, dict]] = {
     "--model-repo": ("model_repo", {"metavar": "DIR"}),
     "--host": ("host", {}),
     "--port": ("port", {"type": int}),
+    "--admin-port": ("admin_port", {"type": int}),
     "--workers": ("workers", {"type": int, "metavar": "N"}),
     "--models": ("models", {"metavar": "A,B", "type": lambda s: [m for m in s.split(",") if m]}),
     "--default-model": ("default_model", {"metavar": "NAME"}),
@@ -40,8 +41,14 @@ FLAGS: dict[str, tuple[str, dict]] = {
     "--log-format": ("log_format", {"choices": ["plain", "json"]}),
     "--log-level": ("log_level", {"choices": ["debug", "info", "warning", "error"]}),
     "--metrics-dir": ("metrics_dir", {"metavar": "DIR"}),
+    "--drain-file": ("drain_file", {"metavar": "FILE"}),
 }
-SWITCHES = {"--access-log": ("access_log", True), "--no-demo": ("demo_on_empty", False)}
+# flag -> (settings field, value it sets, help; None: the field's description)
+SWITCHES = {
+    "--access-log": ("access_log", True, None),
+    "--no-demo": ("demo_on_empty", False, "Leave an empty repository empty (by default the "
+                  "built-in demo model is written into it), e.g. when a model syncer fills it."),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         doc = Settings.model_fields[field].description or ""
         default = Settings.model_fields[field].default
         parser.add_argument(flag, dest=field, default=None, help=f"{doc} [{default}]", **opts)
-    for flag, (field, value) in SWITCHES.items():
+    for flag, (field, value, doc) in SWITCHES.items():
         parser.add_argument(flag, dest=field, action="store_const", const=value, default=None,
-                            help=Settings.model_fields[field].description)
+                            help=doc or Settings.model_fields[field].description)
     return parser
 
 
@@ -115,6 +122,10 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"ctr-serve: invalid settings: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level, settings.access_log)
+    if settings.admin_port is not None and settings.admin_port == settings.port:
+        print(f"ctr-serve: invalid settings: --admin-port {settings.admin_port} must differ from "
+              "--port", file=sys.stderr)
+        return 2
     if settings.models_config:
         from ..upstream.config import ConfigError, load_models_config
 
@@ -134,18 +145,42 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     else:  # with a sync source the repository fills itself: no demo model
         ensure_demo(settings)
     temporary = _prepare_metrics_dir(settings) if settings.workers > 1 else None
+    log.info("serving %s on http://%s:%d with %d worker(s)%s", settings.model_repo, settings.host,
+             settings.port, settings.workers,
+             f", admin endpoints on port {settings.admin_port}" if settings.admin_port else "")
+    try:
+        return run_uvicorn(settings)
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def run_uvicorn(settings: Settings) -> int:
+    """uvicorn over the app factory; with ``--admin-port`` the parent binds both ports and every
+    worker serves both sockets (the app tells them apart by the connection's local port)."""
     import uvicorn
 
-    log.info("serving %s on http://%s:%d with %d worker(s)", settings.model_repo, settings.host,
-             settings.port, settings.workers)
-    try:
+    config = uvicorn.Config("scoring.serving.wiring:app_factory", factory=True, host=settings.host,
+                            port=settings.port, workers=settings.workers, log_config=None,
+                            access_log=settings.access_log, server_header=False,
+                            timeout_graceful_shutdown=10)
+    if settings.admin_port is None:
         uvicorn.run("scoring.serving.wiring:app_factory", factory=True, host=settings.host,
                     port=settings.port, workers=settings.workers, log_config=None,
                     access_log=settings.access_log, server_header=False,
                     timeout_graceful_shutdown=10)
-    finally:
-        if temporary is not None:
-            shutil.rmtree(temporary, ignore_errors=True)
+        return 0
+    from uvicorn.supervisors import Multiprocess
+
+    sockets = [config.bind_socket(), uvicorn.Config(config.app, host=settings.host,
+                                                    port=settings.admin_port).bind_socket()]
+    if settings.workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+    else:
+        server = uvicorn.Server(config)
+        server.run(sockets=sockets)
+        if not server.started:
+            return 3
     return 0
 
 

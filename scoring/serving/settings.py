@@ -28,6 +28,15 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     """TCP port to listen on."""
 
+    admin_port: int | None = Field(None, ge=1, le=65535)
+    """A second TCP port for the admin endpoints (reload, rollback, promote, explain unless
+    public); with it they answer 403 on ``--port``, so a network policy can tell them apart.
+    ``/healthz``, ``/readyz`` and ``/metrics`` answer on both."""
+
+    drain_file: Path | None = None
+    """While this file exists, ``/readyz`` answers 503 (draining) and scoring goes on: a preStop
+    hook creates it so load balancers stop sending before the process stops."""
+
     workers: int = Field(1, ge=1, le=256)
     """Worker processes; one per core. They share the memory-mapped tables via the page cache."""
 
