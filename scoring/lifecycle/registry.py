@@ -111,6 +111,11 @@ class Registry:
         # the guarded swap (scoring.monitor.gate.SwapGate): judges a loaded version before it
         # goes live; None lets every valid version through
         self.gate: Any = None
+        # models with a version canary (``<name>@next`` in an experiment arm): a new version
+        # waits for an explicit promote instead of going live by itself
+        self.canary: frozenset[str] = frozenset()
+        # called on the worker after every poll (at its idle priority): e.g. pinned versions
+        self.pollers: list[Callable[[], None]] = []
 
     # -- the request path --------------------------------------------------------------------
 
@@ -262,6 +267,8 @@ class Registry:
             wanted = self.repo.wanted(name)
             current = self._live.get(name)
             live = current.version if current else None
+            if name in self.canary and wanted is not None:
+                wanted = self._canary_hold(name, wanted)
             if wanted is None or wanted == live:
                 return SyncResult(name, live)  # why: explain(), asked by reload only
             failure = self._failed.get(name)
@@ -277,6 +284,40 @@ class Registry:
                                       "since it was rejected; it is tried again once they stop changing")
             self._settling.pop((name, wanted), None)
             return self._load_and_swap(name, wanted, decided_at, current, fingerprint)
+
+    def _canary_hold(self, name: str, wanted: str) -> str:
+        """With a canary, the recorded live version serves until a promote: a newer one goes
+        to the canary arm only (also after a restart)."""
+        state = self.repo.state(name)
+        live = state.live
+        if live and live != wanted and live in self.repo.versions(name, state) and \
+                not self.repo.is_rejected(name, live, state):
+            return live
+        return wanted
+
+    def canary_version(self, name: str) -> str | None:
+        """``<name>@next``: the newest installed version not yet promoted (and not rejected or
+        aborted), or None when the live version is the newest."""
+        wanted = self.repo.wanted(name)
+        live = self.repo.state(name).live
+        return wanted if wanted is not None and wanted != live else None
+
+    def abort(self, name: str, version: str) -> SyncResult:
+        """An operator's abort of a canary: the version is rejected (no process serves it, the
+        syncer does not fetch it again) until a reload clears it."""
+        with self._lock(name):
+            state = self.repo.observe(name)
+            if version not in self.repo.versions(name, state):
+                raise ScoringError(f"model {name!r}: version {version!r} is not in the repository", 409)
+            if state.live == version:
+                raise ScoringError(f"model {name!r}: version {version!r} is live; roll back "
+                                   "instead (POST .../rollback)", 409)
+            self.repo.reject(name, version, "aborted by an operator (POST .../abort)",
+                             self.repo.fingerprint(name, version), content=True)
+            current = self._live.get(name)
+            log.warning("model %r: version %r aborted by an operator", name, version)
+            return SyncResult(name, current.version if current else None,
+                              reason=f"version {version!r} aborted; it serves nowhere")
 
     def _reload(self, name: str) -> SyncResult:
         self._failed.pop(name, None)
@@ -657,6 +698,11 @@ class Registry:
                     self.sync_all()
                 except Exception:
                     log.exception("registry poll failed")
+                for poll in list(self.pollers):
+                    try:
+                        poll()
+                    except Exception:
+                        log.exception("registry poller %r failed", poll)
                 next_poll = time.monotonic() + self.poll_interval
             self.release_retired()
 

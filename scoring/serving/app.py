@@ -138,6 +138,22 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
         admin(request)
         return json_response(plane.promote(name, version, force))
 
+    @app.post("/v1/models/{name}/abort", summary="Admin: abort a version (a canary): it serves "
+              "nowhere and is not fetched again", description="The version is rejected in the "
+              "repository: `<name>@next` no longer resolves to it, the registry never makes it "
+              "live, the syncer does not download it again; `POST .../reload` clears it. A live "
+              "version cannot be aborted (roll back instead: 409).", **ADMIN_DOC)
+    def abort_version(name: str, request: Request,
+                      version: str = Query(..., description="the version to abort")) -> Response:
+        admin(request)
+        return json_response(plane.abort(name, version))
+
+    @app.get("/v1/experiments", summary="Experiment layers: arms, bucket ranges, pinned versions, "
+             "this worker's split counts and sample-ratio checks",
+             responses={404: error_doc("No experiments in the models config")})
+    def experiments() -> Response:
+        return json_response(plane.experiments())
+
     @app.get("/v1/models/{name}/health", summary="Model health: hidden-layer statistics of live "
              "traffic per window, against the package's baseline (docs/insight.md)",
              responses={404: error_doc("Unknown model"), 422: error_doc("Not a native model")})

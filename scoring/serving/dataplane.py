@@ -180,6 +180,21 @@ class DataPlane:
             raise InvalidRequest(str(exc)) from None
         return self._after(self.registry.promote(name, version, force=force))
 
+    def abort(self, name: str, version: str) -> dict[str, Any]:
+        try:
+            check_name(version, "version")
+        except PackageError as exc:
+            raise InvalidRequest(str(exc)) from None
+        self.registry.describe(name)  # 404 for an unknown model
+        return self._after(self.registry.abort(name, version))
+
+    def experiments(self) -> dict[str, Any]:
+        describe = getattr(self.default_route, "describe", None)
+        if describe is None:
+            raise ScoringError("no experiments: the models config (CTR_MODELS_CONFIG) has no "
+                               "'layers' or 'experiments'", 404)
+        return describe()
+
     def health(self, name: str, version: str | None = None) -> dict[str, Any]:
         """``GET /v1/models/{name}/health``: the version's windows (default: the live one) and
         the last guarded-swap decisions."""

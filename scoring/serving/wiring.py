@@ -38,8 +38,13 @@ def build_app(settings: Settings):
     if config is None:
         return create_app(settings, registry, metrics=metrics, services=[monitor, *sync],
                           monitor=monitor)
+    from ..upstream.watch import ConfigWatcher
+
     setup = setup_models(config, registry, metrics.registry, LATENCY_BUCKETS)  # TF Serving models, experiments
-    return create_app(settings, registry, metrics=metrics, services=[monitor, *sync, *setup.services],
+    watcher = ConfigWatcher(settings.models_config, config, setup.default_route, setup.metrics,
+                            interval=settings.poll_interval)
+    return create_app(settings, registry, metrics=metrics,
+                      services=[monitor, *sync, *setup.services, watcher],
                       default_route=setup.default_route, monitor=monitor)
 
 

@@ -112,15 +112,18 @@ class TFServingClient:
             raise UpstreamTimeout(self._msg(f"no answer within the {self.config.deadline_ms} ms "
                                             "deadline")) from None
 
-    async def predict_on_caller_loop(self, tensors: RequestTensors) -> np.ndarray:
+    async def predict_on_caller_loop(self, tensors: RequestTensors,
+                                     deadline_ms: int | None = None) -> np.ndarray:
         """Like :meth:`predict`, awaited from another event loop (e.g. an ASGI server's)."""
-        return await asyncio.wrap_future(self.runner.submit(self.predict_async(tensors)))
+        return await asyncio.wrap_future(self.runner.submit(self.predict_async(tensors, deadline_ms)))
 
-    async def predict_async(self, tensors: RequestTensors) -> np.ndarray:
-        """Runs on the client's loop: sub-batches concurrently under one deadline."""
+    async def predict_async(self, tensors: RequestTensors, deadline_ms: int | None = None) -> np.ndarray:
+        """Runs on the client's loop: sub-batches concurrently under one deadline (``deadline_ms``,
+        default the model's)."""
         cfg = self.config
+        budget_ms = deadline_ms if deadline_ms is not None else cfg.deadline_ms
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + cfg.deadline_ms / 1000.0
+        deadline = loop.time() + budget_ms / 1000.0
         n, size = tensors.n, cfg.sub_batch_size
         if n == 0:
             return np.zeros(0, dtype=np.float64)
@@ -138,7 +141,7 @@ class TFServingClient:
         try:
             parts = await asyncio.wait_for(asyncio.gather(*tasks), deadline - loop.time())
         except asyncio.TimeoutError:
-            raise UpstreamTimeout(self._msg(f"no answer within the {cfg.deadline_ms} ms deadline "
+            raise UpstreamTimeout(self._msg(f"no answer within the {budget_ms} ms deadline "
                                             f"({len(spans)} sub-requests)")) from None
         except _Failure as f:
             exc_type = UpstreamTimeout if f.timeout else UpstreamError
@@ -190,7 +193,7 @@ class TFServingClient:
                 continue
             return out
         if failure is None:
-            failure = _Failure(f"no time left for the request within {self.config.deadline_ms} ms",
+            failure = _Failure("no time left for the request within its deadline",
                                timeout=True, reason="timeout")
         raise failure
 

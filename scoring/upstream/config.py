@@ -14,7 +14,6 @@ user's guide to this file.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from dataclasses import dataclass, field
@@ -24,16 +23,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ..model.manifest import PackageError, check_name
+from .layers import LayeredExperiments, parse_layers
+from .reader import ConfigError, _Reader
 
 KINDS = ("native", "tfserving")
 FORMATS = ("row", "columnar")
 EXPERIMENT_KEYS = ("context.user_id", "request_id")
 BUCKETS = 10_000
-
-
-class ConfigError(ValueError):
-    """The models config is invalid; the message names the field and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +146,7 @@ class ModelsConfig:
     default: str | None = None
     experiments: Experiments | None = None
     source: str = "(repository)"
+    layered: LayeredExperiments | None = None  # every experiment layer (``experiments`` too)
 
     def get(self, name: str) -> NativeModel | TFServingModel | None:
         return next((m for m in self.models if m.name == name), None)
@@ -166,8 +163,8 @@ class ModelsConfig:
         """Models that only serve an experiment arm or are TF Serving models (readiness skips
         them: an experiment's upstream must not take the service down)."""
         names = {m.name for m in self.tfserving}
-        if self.experiments:
-            names |= {a.model for a in self.experiments.arms if a.model != self.default}
+        if self.layered:
+            names |= self.layered.models() - {self.default}
         return names
 
 
@@ -200,7 +197,7 @@ def load_models_config(path: str | os.PathLike | None,
 def parse_models_config(raw: Any, source: str = "models config") -> ModelsConfig:
     """Validate an already-parsed config document."""
     r = _Reader(raw, "", source)
-    r.only("models", "default", "experiments")
+    r.only("models", "default", "experiments", "layers", "exclusive", "launch", "version")
     models_raw = r.get("models", list, required=True)
     if not models_raw:
         raise ConfigError(f"{source}: models must list at least one model")
@@ -230,8 +227,9 @@ def parse_models_config(raw: Any, source: str = "models config") -> ModelsConfig
         if default is None:
             raise ConfigError(f"{source}: default is required with experiments "
                               "(the model that takes the traffic no arm takes)")
+    layered = parse_layers(r, default, names, native)
     return ModelsConfig(models=tuple(models), default=default, experiments=experiments,
-                        source=source)
+                        source=source, layered=layered)
 
 
 def _model(r: _Reader) -> NativeModel | TFServingModel:
@@ -365,68 +363,3 @@ def _path_part(value: str, where: str, source: str) -> None:
     if not value or any(c in value for c in "/:?#% ") or value in (".", ".."):
         raise ConfigError(f"{source}: {where}: {value!r} cannot be part of a TF Serving URL path "
                           "(no '/', ':', '?', '#', '%' or spaces)")
-
-
-_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "a mapping",
-               bool: "true or false", float: "a number"}
-
-
-class _Reader:
-    """Typed access to one mapping of the config, with errors that name the field."""
-
-    def __init__(self, raw: Any, where: str, source: str) -> None:
-        if not isinstance(raw, dict):
-            what = where.rstrip(".") or "the top level"
-            raise ConfigError(f"{source}: {what}: expected a mapping, got {type(raw).__name__}")
-        self.raw, self.where, self.source = raw, where, source
-
-    def has(self, key: str) -> bool:
-        return key in self.raw
-
-    def only(self, *allowed: str) -> None:
-        for key in self.raw:
-            if key not in allowed:
-                near = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; known fields: {list(allowed)}"
-                raise ConfigError(f"{self.source}: {self.where}{key}: unknown field{hint}")
-
-    def get(self, key: str, typ: type | tuple, *, required: bool = False, default: Any = None,
-            nullable: bool = False) -> Any:
-        if key not in self.raw:
-            if required:
-                raise ConfigError(f"{self.source}: {self.where}{key} is missing")
-            return default
-        val = self.raw[key]
-        if val is None and nullable:
-            return None
-        types = typ if isinstance(typ, tuple) else (typ,)
-        if isinstance(val, bool) and bool not in types or not isinstance(val, types):
-            expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-            raise ConfigError(f"{self.source}: {self.where}{key}: expected {expected}, got {val!r}")
-        return val
-
-    def sub(self, key: str) -> _Reader:
-        return _Reader(self.raw[key], f"{self.where}{key}.", self.source)
-
-    def integer(self, key: str, lo: int, hi: int, default: int | None = None) -> int | None:
-        val = self.get(key, int, default=default)
-        if val is not None and not lo <= val <= hi:
-            raise ConfigError(f"{self.source}: {self.where}{key}: expected an integer {lo}..{hi}, "
-                              f"got {val}")
-        return val
-
-    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
-        val = self.get(key, str, default=default)
-        if val not in choices:
-            raise ConfigError(f"{self.source}: {self.where}{key}: expected one of {list(choices)}, "
-                              f"got {val!r}")
-        return val
-
-    def name(self, key: str, required: bool = False) -> str | None:
-        val = self.get(key, str, required=required)
-        if val is None:
-            return None
-        try:
-            return check_name(val, f"{self.where}{key}")
-        except PackageError as exc:
-            raise ConfigError(f"{self.source}: {exc}") from None

@@ -38,6 +38,15 @@ class LegMetrics:
         self.arm_pctr = Counter("ctr_arm_pctr_sum", "Sum of the pCTRs an arm returned", ["arm"],
                                 registry=r)
         self.arm_ads = Counter("ctr_arm_scored_ads", "Ads an arm scored", ["arm"], registry=r)
+        self.assignments = Counter("ctr_experiment_requests",
+                                   "Answered POST /v1/score requests by layer and the arm they "
+                                   "entered (default: none)", ["layer", "arm"], registry=r)
+        self.srm_alarms = Counter("ctr_experiment_srm_alarms",
+                                  "Times a layer's split went into sample-ratio-mismatch alarm",
+                                  ["layer"], registry=r)
+        self.config_reloads = Counter("ctr_models_config_reloads",
+                                      "Looks at a changed models config file by outcome (applied, "
+                                      "invalid, needs_restart)", ["outcome"], registry=r)
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
 
     def watch(self, model: str, upstream: str, breaker: CircuitBreaker) -> None:

@@ -37,7 +37,8 @@ class Scored:
     version: str
     fallback_for: str | None = None   # set when the fallback scored instead of TF Serving
     fallback_reason: str | None = None
-    arm: str | None = None            # the experiment arm of POST /v1/score, when there are arms
+    arm: str | None = None            # the experiment arm of POST /v1/score (``experiments:``)
+    arms: dict[str, str] | None = None  # layer -> arm, with experiment ``layers``
     outputs: dict[str, np.ndarray] | None = None  # a multi-head model: every output by name
 
     @property
@@ -46,6 +47,8 @@ class Scored:
         out = {}
         if self.arm is not None:
             out["arm"] = self.arm
+        if self.arms is not None:
+            out["arms"] = self.arms
         if self.fallback_for is not None:
             out["fallback_for"] = self.fallback_for
             out["fallback_reason"] = self.fallback_reason or ""
@@ -129,11 +132,13 @@ class TFServingScorer:
             return self._fall_back(exc, context, ads)
         return self._scored(scores)
 
-    async def score_async(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> Scored:
-        """For an event loop: waits on the client's loop without blocking the caller's."""
+    async def score_async(self, context: Mapping[str, Any] | None, ads: Sequence[Any],
+                          deadline_ms: int | None = None) -> Scored:
+        """For an event loop: waits on the client's loop without blocking the caller's.
+        ``deadline_ms``: this request's deadline (an experiment arm's), else the model's."""
         tensors = self._tensors(context, ads)
         try:
-            scores = await self.client.predict_on_caller_loop(tensors)
+            scores = await self.client.predict_on_caller_loop(tensors, deadline_ms)
         except UpstreamError as exc:
             return self._fall_back(exc, context, ads)
         return self._scored(scores)

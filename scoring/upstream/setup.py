@@ -3,8 +3,8 @@
 * ``kind: tfserving`` models become :class:`~scoring.upstream.scorer.TFServingScorer` entries of
   the registry (``kind: "tfserving"``, always live: readiness never waits on an upstream); their
   fallback is whatever version of the native model is live at the time.
-* ``experiments`` become the default route of ``POST /v1/score``
-  (:class:`~scoring.upstream.experiments.ExperimentRoute`).
+* ``experiments`` / ``layers`` become the default route of ``POST /v1/score``
+  (:class:`~scoring.upstream.experiments.LayeredRoute`), with the pinned versions its arms name.
 * :class:`~scoring.upstream.metrics.LegMetrics` holds the Prometheus metrics of both.
 
 The composition root (``scoring.serving.wiring``) calls :func:`setup_models` with the config and
@@ -22,9 +22,8 @@ from ..lifecycle.loader import LiveModel
 from ..lifecycle.registry import Registry
 from .client import LoopThread
 from .config import ModelsConfig
-from .experiments import ExperimentRoute
+from .experiments import LayeredRoute
 from .metrics import LegMetrics
-from .routing import Router
 from .scorer import TFServingScorer
 
 KIND = "tfserving"
@@ -63,8 +62,9 @@ class ClientsService:
 @dataclass
 class ModelsSetup:
     scorers: list[TFServingScorer]
-    default_route: ExperimentRoute | None
+    default_route: LayeredRoute | None
     services: list[ClientsService]
+    metrics: LegMetrics
 
 
 def setup_models(config: ModelsConfig, registry: Registry, metrics_registry: CollectorRegistry,
@@ -86,6 +86,6 @@ def setup_models(config: ModelsConfig, registry: Registry, metrics_registry: Col
                                    path=", ".join(cfg.urls)))
         scorers.append(scorer)
     route = None
-    if config.experiments is not None and config.default is not None:
-        route = ExperimentRoute(Router(config.default, config.experiments), registry, metrics)
-    return ModelsSetup(scorers, route, [ClientsService(scorers, runner)])
+    if config.layered is not None:
+        route = LayeredRoute(config.layered, registry, metrics, config.source)
+    return ModelsSetup(scorers, route, [ClientsService(scorers, runner)], metrics)

@@ -1,0 +1,113 @@
+"""Pinned model versions for experiment arms: ``ctr@20261122.1``, and the version canary
+``ctr@next`` (the newest installed version not yet promoted).
+
+A pinned version is loaded beside the live one (validate, lay out, warm: the registry's loader)
+on the registry's worker thread, after every poll, at its idle priority; a request never waits
+for it. Until it is loaded, or when there is nothing to pin (``@next`` with the live version the
+newest; a version not in the repository), the arm is served by the model's live version, and
+the response's ``version`` says so. A pin that resolves to the live version shares it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Iterable
+
+from ..lifecycle.loader import LiveModel
+from ..lifecycle.registry import Registry
+from .layers import NEXT, ModelRef
+
+log = logging.getLogger(__name__)
+
+
+class VersionPins:
+    def __init__(self, registry: Registry, pins: Iterable[ModelRef] = ()) -> None:
+        self.registry = registry
+        self._pins: frozenset[ModelRef] = frozenset()
+        self._loaded: dict[ModelRef, LiveModel] = {}
+        self._resolved: dict[ModelRef, str | None] = {}
+        self._failed: dict[tuple[str, str], str] = {}
+        self._guard = threading.Lock()
+        self.set(pins)
+        registry.pollers.append(self.refresh)
+
+    def set(self, pins: Iterable[ModelRef]) -> None:
+        """The pins of the models config now in force (a reload may change them)."""
+        self._pins = frozenset(pins)
+        self.registry.canary = frozenset(p.name for p in self._pins if p.version == NEXT)
+        for gone in set(self._loaded) - self._pins:
+            self._loaded.pop(gone, None)
+
+    def get(self, ref: ModelRef) -> LiveModel | None:
+        """The loaded pinned version (or the live one when the pin is the live version); None
+        while there is none: the caller serves the live version."""
+        model = self._loaded.get(ref)
+        if model is not None:
+            return model
+        version = self._resolved.get(ref)
+        live = self.registry.live(ref.name)
+        if live is not None and version is not None and live.version == version:
+            return live
+        return None
+
+    def resolve(self, ref: ModelRef) -> str | None:
+        repo = self.registry.repo
+        if ref.version == NEXT:
+            return self.registry.canary_version(ref.name)
+        state = repo.observe(ref.name)
+        if ref.version in repo.versions(ref.name, state) and \
+                not repo.is_rejected(ref.name, ref.version, state):
+            return ref.version
+        return None
+
+    def refresh(self) -> None:
+        """Resolve every pin again and load what changed (on the registry's worker)."""
+        with self._guard:
+            for ref in sorted(self._pins, key=str):
+                try:
+                    version = self.resolve(ref)
+                except Exception:
+                    log.exception("pin %s: cannot resolve", ref)
+                    continue
+                self._resolved[ref] = version
+                live = self.registry.live(ref.name)
+                current = self._loaded.get(ref)
+                if version is None or (live is not None and live.version == version):
+                    if current is not None:
+                        log.info("pin %s: now %s; the pinned copy is released", ref,
+                                 "the live version" if version else "nothing to pin")
+                    self._loaded.pop(ref, None)
+                    continue
+                if current is not None and current.version == version:
+                    continue
+                if self._failed.get((ref.name, version)):
+                    continue
+                shared = next((m for r, m in self._loaded.items()
+                               if r.name == ref.name and m.version == version), None)
+                if shared is None:
+                    shared = self._load(ref, version)
+                if shared is not None:
+                    self._loaded[ref] = shared
+
+    def _load(self, ref: ModelRef, version: str) -> LiveModel | None:
+        reg = self.registry
+        log.info("pin %s: loading version %r for its experiment arm", ref, version)
+        try:
+            return reg.loader(ref.name, version, str(reg.repo.path(ref.name, version)))
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self._failed[(ref.name, version)] = reason
+            log.error("pin %s: version %r failed to load; its arm serves the live version: %s",
+                      ref, version, reason)
+            return None
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for ref in sorted(self._pins, key=str):
+            loaded = self.get(ref)
+            version = self._resolved.get(ref)
+            out.append({"pin": str(ref), "version": version,
+                        "serving": loaded.version if loaded is not None else None,
+                        "error": self._failed.get((ref.name, version)) if version else None})
+        return out
