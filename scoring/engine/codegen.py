@@ -91,7 +91,8 @@ def apply() -> Choice:
 
     cpu = config.CPU_NAME or ll.get_host_cpu_name()
     if os.environ.get("NUMBA_CPU_FEATURES") or os.environ.get("NUMBA_CPU_NAME"):
-        _CHOICE = Choice(cpu, "numba-env", config.CPU_FEATURES, "NUMBA_CPU_* set by the operator")
+        _CHOICE = Choice(cpu, "numba-env", config.CPU_FEATURES,
+                         "NUMBA_CPU_* set by the operator or by the shipped kernels")
         return _CHOICE
     choice = decide(cpu, ll.get_host_cpu_features().flatten(), os.environ.get(ENV))
     if "_toplevel_target_context" in vars(cpu_target):  # a cached property, set once built

@@ -42,6 +42,7 @@ FLAGS: dict[str, tuple[str, dict]] = {
     "--log-level": ("log_level", {"choices": ["debug", "info", "warning", "error"]}),
     "--metrics-dir": ("metrics_dir", {"metavar": "DIR"}),
     "--drain-file": ("drain_file", {"metavar": "FILE"}),
+    "--kernel-cache": ("kernel_cache", {"metavar": "DIR"}),
 }
 # flag -> (settings field, value it sets, help; None: the field's description)
 SWITCHES = {
@@ -126,6 +127,12 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"ctr-serve: invalid settings: --admin-port {settings.admin_port} must differ from "
               "--port", file=sys.stderr)
         return 2
+    if settings.kernel_cache:  # before anything imports Numba: worker processes inherit it
+        from ..engine.kernel_cache import select
+
+        chosen = select(settings.kernel_cache)
+        log.info("compiled kernels: %s%s", chosen.reason,
+                 f" ({chosen.copied} files copied)" if chosen.copied else "")
     if settings.models_config:
         from ..upstream.config import ConfigError, load_models_config
 

@@ -105,5 +105,9 @@ class Settings(BaseSettings):
     """Guarded-swap limits (JSON), e.g. ``{"logit_shift": 0.3, "models": {"ctr": {"ks": 0.2}}}``;
     ``{"enabled": false}`` turns it off (docs/insight.md)."""
 
+    kernel_cache: Path | None = None
+    """Compiled kernels shipped with the image (``ctr-kernels build DIR``: one directory per
+    x86-64 level); the best level this CPU runs is used instead of compiling at start."""
+
     metrics_dir: Path | None = None
     """Directory for Prometheus multi-process files; set by ``ctr-serve`` when workers > 1."""
