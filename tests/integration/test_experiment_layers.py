@@ -4,8 +4,6 @@ config reloaded live (and a bad one refused), and the sample-ratio alarm on an a
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import yaml
 from xxhash import xxh64_intdigest
