@@ -59,14 +59,15 @@ def error_response(message: str, status_code: int, headers: dict[str, str] | Non
 
 def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | None = None,
                services: Sequence[Service] = (), default_route: DefaultRoute | None = None,
-               monitor: Any = None) -> FastAPI:
-    """The service's ASGI app. ``registry`` is started and stopped with it, then ``services``."""
+               monitor: Any = None, ready_board: Any = None) -> FastAPI:
+    """The service's ASGI app. ``registry`` is started and stopped with it, then ``services``.
+    ``ready_board``: with several workers, ``/readyz`` waits for all of them."""
     metrics = metrics or registry.metrics or Metrics()
     if registry.metrics is None:
         registry.metrics = metrics
     plane = DataPlane(settings, registry, metrics, default_route, monitor=monitor)
     admin = AdminAuth(settings.admin_token.get_secret_value() if settings.admin_token else None,
-                      settings.admin_port)
+                      settings.admin_port, settings.admin_token_file)
     drain_file = settings.drain_file
     max_body = settings.max_body_bytes
     explain_public = settings.explain_public
@@ -211,6 +212,13 @@ def create_app(settings: Settings, registry: Registry, *, metrics: Metrics | Non
             return json_response({"error": f"draining: {drain_file} exists (the process is "
                                   "stopping; it still scores what it is sent)", "draining": True}, 503)
         ok, body = plane.ready()
+        board = ready_board
+        if ok and board is not None:
+            n = board.ready_workers()
+            if n < board.workers:
+                return json_response({"error": f"not ready: {n} of {board.workers} worker "
+                                      "processes have their models loaded", **body,
+                                      "status": "not ready", "workers_ready": n}, 503)
         if ok:
             return json_response(body)
         return json_response({"error": "not ready: " + "; ".join(body["missing"]), **body}, 503)

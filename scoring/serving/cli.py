@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctr-serve", description="Serve CTR models from a local repository over HTTP.",
         epilog="Every flag has an environment variable CTR_<FLAG> (e.g. CTR_MODEL_REPO). "
-               "Admin endpoints need CTR_ADMIN_TOKEN (environment only).")
+               "Admin endpoints need CTR_ADMIN_TOKEN or CTR_ADMIN_TOKEN_FILE (environment only).")
     for flag, (field, opts) in FLAGS.items():
         doc = Settings.model_fields[field].description or ""
         default = Settings.model_fields[field].default
@@ -107,6 +107,10 @@ def _prepare_metrics_dir(settings: Settings) -> Path | None:
     for stale in path.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    ready = path / "ready"  # the workers mark themselves ready here (scoring.serving.readiness)
+    shutil.rmtree(ready, ignore_errors=True)
+    os.environ["CTR_READY_DIR"] = str(ready)
+    os.environ["CTR_WORKERS"] = str(settings.workers)
     if not settings.health_dir:  # the workers merge their health windows here
         health = path / "health"
         shutil.rmtree(health, ignore_errors=True)  # windows of an earlier run are not this run's
@@ -123,6 +127,10 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"ctr-serve: invalid settings: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level, settings.access_log)
+    if settings.admin_token_file is not None and not settings.admin_token_file.is_file():
+        print(f"ctr-serve: invalid settings: CTR_ADMIN_TOKEN_FILE {settings.admin_token_file}: "
+              "no such file", file=sys.stderr)
+        return 2
     if settings.admin_port is not None and settings.admin_port == settings.port:
         print(f"ctr-serve: invalid settings: --admin-port {settings.admin_port} must differ from "
               "--port", file=sys.stderr)

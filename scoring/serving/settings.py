@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     """Bearer token for the admin endpoints (reload, rollback); unset disables them (403)."""
 
+    admin_token_file: Path | None = None
+    """A file holding the admin token (a mounted Secret), read at each admin request so a
+    rotation needs no restart; wins over ``CTR_ADMIN_TOKEN``. Empty: admin endpoints disabled."""
+
     explain_public: bool = False
     """Serve ``POST /v1/models/{name}/explain`` without the admin token (it costs about 2.5x a
     score per ad and shows how the model weighs each feature group)."""
@@ -108,6 +112,10 @@ class Settings(BaseSettings):
     kernel_cache: Path | None = None
     """Compiled kernels shipped with the image (``ctr-kernels build DIR``: one directory per
     x86-64 level); the best level this CPU runs is used instead of compiling at start."""
+
+    ready_dir: Path | None = None
+    """Where the workers mark themselves ready (set by ``ctr-serve`` when workers > 1):
+    ``/readyz`` waits for all of them."""
 
     metrics_dir: Path | None = None
     """Directory for Prometheus multi-process files; set by ``ctr-serve`` when workers > 1."""

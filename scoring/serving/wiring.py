@@ -33,11 +33,17 @@ def build_app(settings: Settings):
     registry = Registry(ModelRepo(settings.model_repo), models=models, default_model=default,
                         keep=settings.keep_versions, poll_interval=settings.poll_interval,
                         metrics=metrics)
+    board = None  # with several workers /readyz waits for every one (scoring.serving.readiness)
+    if settings.ready_dir is not None and settings.workers > 1:
+        from .readiness import ReadyBoard
+
+        board = ReadyBoard(settings.ready_dir, settings.workers)
+        registry.pollers.append(board.poller(lambda: registry.ready()[0]))
     monitor = health_monitor(settings, registry, metrics)
     sync = in_process_sync(settings, registry, metrics)
     if config is None:
         return create_app(settings, registry, metrics=metrics, services=[monitor, *sync],
-                          monitor=monitor)
+                          monitor=monitor, ready_board=board)
     from ..upstream.watch import ConfigWatcher
 
     setup = setup_models(config, registry, metrics.registry, LATENCY_BUCKETS)  # TF Serving models, experiments
@@ -45,7 +51,7 @@ def build_app(settings: Settings):
                             interval=settings.poll_interval)
     return create_app(settings, registry, metrics=metrics,
                       services=[monitor, *sync, *setup.services, watcher],
-                      default_route=setup.default_route, monitor=monitor)
+                      default_route=setup.default_route, monitor=monitor, ready_board=board)
 
 
 def health_monitor(settings: Settings, registry: Registry, metrics: Metrics):

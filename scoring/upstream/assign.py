@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .layers import BUCKETS, Layer, LayerArm, LayeredExperiments
-from .routing import bucket_of
+from .routing import bucket_of, unit_value
 
 DEFAULT = "default"
 
@@ -20,19 +20,6 @@ class Assignment:
     arms: dict[str, str]         # layer -> the arm the request entered ("default": none)
     owners: dict[str, str]       # layer -> the arm owning the request's bucket (conditions aside;
                                  # the sample-ratio check counts these)
-
-
-def unit_value(unit: str, request_id: Any, context: Mapping[str, Any] | None) -> str | None:
-    """The unit of a request as text (integers in decimal); None when absent or not a scalar."""
-    if unit == "request_id":
-        value = request_id
-    else:
-        value = context.get(unit[len("context."):]) if isinstance(context, Mapping) else None
-    if type(value) is str:
-        return value
-    if type(value) is int:
-        return str(value)
-    return None
 
 
 class _Split:

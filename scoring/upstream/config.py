@@ -18,18 +18,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
 import yaml
 
-from .layers import LayeredExperiments, parse_layers
+from .layers import BUCKETS, LayeredExperiments, parse_layers
 from .reader import ConfigError, _Reader
 
 KINDS = ("native", "tfserving")
 FORMATS = ("row", "columnar")
-EXPERIMENT_KEYS = ("context.user_id", "request_id")
-BUCKETS = 10_000
 
 
 @dataclass(frozen=True)
@@ -221,14 +219,8 @@ def parse_models_config(raw: Any, source: str = "models config") -> ModelsConfig
     if default is not None and default not in names:
         raise ConfigError(f"{source}: default {default!r} is not a model of this file; "
                           f"models: {names}")
-    experiments = None
-    if r.has("experiments"):
-        experiments = _experiments(_Reader(r.raw["experiments"], "experiments.", source), names)
-        if default is None:
-            raise ConfigError(f"{source}: default is required with experiments "
-                              "(the model that takes the traffic no arm takes)")
     layered = parse_layers(r, default, names, native)
-    return ModelsConfig(models=tuple(models), default=default, experiments=experiments,
+    return ModelsConfig(models=tuple(models), default=default, experiments=_single_layer(layered),
                         source=source, layered=layered)
 
 
@@ -317,32 +309,13 @@ def _breaker(r: _Reader) -> Breaker:
                    cooldown_ms=r.integer("cooldown_ms", 1, 3_600_000, default=2000))
 
 
-def _experiments(r: _Reader, names: Sequence[str]) -> Experiments:
-    r.only("key", "salt", "arms")
-    key = r.choice("key", EXPERIMENT_KEYS, default="context.user_id")
-    arms_raw = r.get("arms", list, required=True)
-    arms, total = [], 0
-    for j, a in enumerate(arms_raw):
-        ar = _Reader(a, f"{r.where}arms[{j}].", r.source)
-        ar.only("name", "model", "share")
-        model = ar.get("model", str, required=True)
-        if model not in names:
-            raise ConfigError(f"{r.source}: {ar.where}model {model!r} is not a model of this file; "
-                              f"models: {list(names)}")
-        share = ar.get("share", (int, float), required=True)
-        buckets = round(share * 100)
-        if not 0 < share <= 100 or abs(buckets - share * 100) > 1e-6:
-            raise ConfigError(f"{r.source}: {ar.where}share: expected a percentage > 0 and <= 100 "
-                              f"with at most two decimals (N.NN), got {share!r}")
-        arm_name = ar.name("name") or model
-        if any(arm_name == x.name for x in arms):
-            raise ConfigError(f"{r.source}: {ar.where}name {arm_name!r} is repeated")
-        arms.append(Arm(arm_name, model, buckets))
-        total += buckets
-    if total > BUCKETS:
-        raise ConfigError(f"{r.source}: {r.where}arms: shares add up to {total / 100:.2f} %, "
-                          "more than 100 %")
-    return Experiments(key=key, salt=r.get("salt", str, default=""), arms=tuple(arms))
+def _single_layer(layered: LayeredExperiments | None) -> Experiments | None:
+    """The ``experiments`` block as one layer over the model (parsed by :mod:`.layers`)."""
+    if layered is None or not layered.legacy:
+        return None
+    layer = layered.layers[0]
+    return Experiments(key=layer.unit, salt=layer.salt,
+                       arms=tuple(Arm(a.name, a.set["model"].name, a.buckets) for a in layer.arms))
 
 
 def _url(u: Any, where: str, source: str) -> str:

@@ -32,13 +32,13 @@ def bucket_of(key: str, salt: str = "") -> int:
     return xxh64_intdigest((salt + key).encode("utf-8", "surrogatepass")) % BUCKETS
 
 
-def request_key(key_field: str, request_id: Any, context: Mapping[str, Any] | None) -> str | None:
-    """The split key of one request: a string or integer ``context.user_id`` or ``request_id``
-    (integers as decimal text); None when absent or of another type."""
-    if key_field == "context.user_id":
-        value = context.get("user_id") if isinstance(context, Mapping) else None
-    else:
+def unit_value(unit: str, request_id: Any, context: Mapping[str, Any] | None) -> str | None:
+    """The split unit of a request as text: ``request_id`` or a ``context.<field>`` that is a
+    string or an integer (as decimal text); None when absent or of another type."""
+    if unit == "request_id":
         value = request_id
+    else:
+        value = context.get(unit[len("context."):]) if isinstance(context, Mapping) else None
     if type(value) is str:
         return value
     if type(value) is int:
@@ -69,7 +69,7 @@ class Router:
     def route(self, request_id: Any = None, context: Mapping[str, Any] | None = None) -> Route:
         if not self.arms:
             return Route(self.default, DEFAULT_ARM, None)
-        key = request_key(self.key, request_id, context)
+        key = unit_value(self.key, request_id, context)
         if key is None:
             return Route(self.default, DEFAULT_ARM, None)
         b = bucket_of(key, self.salt)

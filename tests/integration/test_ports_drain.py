@@ -66,6 +66,19 @@ def test_admin_endpoints_answer_only_on_the_admin_port(tmp_path, workers):
         assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200
 
 
+def test_readyz_waits_for_every_worker(tmp_path):
+    """From the first 200 of /readyz on, every worker answers: new connections land on either,
+    and none may still be loading (a probe that reached the faster worker first used to let a
+    load balancer send traffic to the other one while it compiled)."""
+    repo = _repo(tmp_path)
+    with Server(repo.root, tmp_path / "server.log", args=["--workers", "2"]) as server:
+        server.wait()
+        for _ in range(20):
+            r = httpx.get(f"{server.url}/readyz", timeout=30)
+            assert r.status_code == 200, r.text
+            assert httpx.post(f"{server.url}/v1/score", json=BODY, timeout=30).status_code == 200
+
+
 def test_admin_port_equal_to_port_is_refused(tmp_path):
     repo = _repo(tmp_path)
     port = free_port()
@@ -81,3 +94,32 @@ def test_admin_port_equal_to_port_is_refused(tmp_path):
         assert server.proc.returncode == 2 and "must differ from --port" in server.log(), server.log()
     finally:
         server.stop()
+
+
+def test_admin_token_file_is_read_at_each_request(tmp_path):
+    """CTR_ADMIN_TOKEN_FILE (a mounted Secret) wins over CTR_ADMIN_TOKEN and a rotation applies
+    without a restart; an emptied file disables the admin endpoints."""
+    repo = _repo(tmp_path)
+    token = tmp_path / "secret" / "token"
+    token.parent.mkdir()
+    token.write_text("first-token\n")
+    with Server(repo.root, tmp_path / "server.log", env={"CTR_ADMIN_TOKEN_FILE": str(token)}) as server:
+        server.wait()
+        url = f"{server.url}/v1/models/demo/reload"
+
+        def status(secret: str) -> int:
+            return httpx.post(url, headers={"Authorization": f"Bearer {secret}"}, timeout=30).status_code
+
+        assert status("first-token") == 200
+        assert status(ADMIN_TOKEN) == 401  # the environment's token does not count
+        token.write_text("second-token")
+        assert status("first-token") == 401 and status("second-token") == 200
+        token.write_text("")
+        r = httpx.post(url, headers={"Authorization": "Bearer second-token"}, timeout=30)
+        assert r.status_code == 403 and "CTR_ADMIN_TOKEN_FILE" in r.json()["error"], r.text
+    missing = Server(repo.root, tmp_path / "bad.log", env={"CTR_ADMIN_TOKEN_FILE": str(tmp_path / "nope")})
+    try:
+        missing.proc.wait(60)
+        assert missing.proc.returncode == 2 and "no such file" in missing.log(), missing.log()
+    finally:
+        missing.stop()
