@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -254,6 +255,12 @@ def test_checkov_passes_on_every_overlay(checkov_reports):
     assert {Path(c["file_path"]).stem for c in k8s["results"]["passed_checks"]} == set(OVERLAYS)
     # the graph check that every pod has a NetworkPolicy ran, and passed
     assert any(c["check_id"] == "CKV2_K8S_6" for c in k8s["results"]["passed_checks"])
+    # the admin token is a file, not an environment variable: CKV_K8S_35 passes, unskipped
+    secrets_as_files = {Path(c["file_path"]).stem for c in k8s["results"]["passed_checks"]
+                        if c["check_id"] == "CKV_K8S_35" and c["resource"].startswith("Deployment.")
+                        and c["resource"].endswith(".ctr-serve")}
+    assert secrets_as_files == set(OVERLAYS)
+    assert not any(c["check_id"] == "CKV_K8S_35" for c in k8s["results"]["skipped_checks"])
     secrets = report.get("secrets", {"results": {"failed_checks": []}})
     assert not secrets["results"]["failed_checks"], secrets["results"]["failed_checks"]
     assert report["returncode"] == 0
@@ -307,7 +314,6 @@ def test_ctr_serve_args_parse_and_fit_the_container(rendered, target):
     drain_mount, drain_vol = volume_of_mount(w, c, str(s.drain_file.parent))
     assert "emptyDir" in drain_vol and not drain_mount.get("readOnly")
     env = {e["name"]: e for e in c["env"]}
-    assert env["CTR_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "ctr-admin-token", "key": "token"}
     # in-process sync would start with CTR_SYNC_SOURCE: the syncer is a container of its own
     assert not any(e.startswith("CTR_SYNC_") for e in env)
     numba = covering_mount(c, env["NUMBA_CACHE_DIR"]["value"])
@@ -322,6 +328,62 @@ def test_ctr_serve_args_parse_and_fit_the_container(rendered, target):
         assert repo_mount.get("readOnly") and repo_vol["hostPath"]["type"] == "DirectoryOrCreate"
     else:
         assert not repo_mount.get("readOnly") and "emptyDir" in repo_vol
+
+
+ADMIN_SECRET = "ctr-admin-token"
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_ctr_serve_reads_the_admin_token_from_the_mounted_secret(rendered, target, monkeypatch):
+    """CTR_ADMIN_TOKEN_FILE names the file the Secret volume projects (mountPath + item path),
+    the mount is read-only and whole (no subPath: the kubelet never updates a subPath, and the
+    file is read at each admin request so that a rotation applies without a restart), uid 10001
+    can read it, and no container takes a Secret through its environment (checkov CKV_K8S_35)."""
+    docs = rendered[target]
+    for w in workloads(docs):
+        for c, _ in containers(w):
+            where = f"{target}: {name(w)}/{c['name']}"
+            assert not any(e["name"] == "CTR_ADMIN_TOKEN" or "secretKeyRef" in e.get("valueFrom", {})
+                           for e in c.get("env", [])), where
+            assert not any("secretRef" in e for e in c.get("envFrom", [])), where
+    w = serve_deployment(docs)
+    c = container(w, "ctr-serve")
+    env = {e["name"]: e for e in c["env"]}
+    path = env["CTR_ADMIN_TOKEN_FILE"]["value"]
+    # the variable is the settings field ctr-serve reads (pydantic-settings, prefix CTR_)
+    for key in [k for k in os.environ if k.startswith("CTR_")]:
+        monkeypatch.delenv(key)
+    for key, value in env_values(docs, c).items():
+        monkeypatch.setenv(key, value)
+    _, s = parse_serve_args(docs, w)
+    assert s.admin_token_file == Path(path) and s.admin_token is None
+    mount = covering_mount(c, path)
+    assert mount is not None, f"{path} is on no volume"
+    assert mount.get("readOnly") is True and "subPath" not in mount and "subPathExpr" not in mount
+    # a directory of its own: not inside or over another mount (/etc/ctr is the models config)
+    mount_dir = mount["mountPath"].rstrip("/")
+    for other in c["volumeMounts"]:
+        if other is not mount:
+            o = other["mountPath"].rstrip("/")
+            assert not (o.startswith(mount_dir + "/") or mount_dir.startswith(o + "/") or o == mount_dir), other
+    _, vol = volume_of_mount(w, c, mount["mountPath"])
+    secret = vol["secret"]
+    assert secret["secretName"] == ADMIN_SECRET
+    assert not secret.get("optional")  # a pod without the Secret waits for it, not crash-loops
+    relative = path[len(mount_dir) + 1:]
+    items = [i for i in secret["items"] if i["path"] == relative]
+    assert [i["key"] for i in items] == ["token"], secret["items"]
+    # readable by the container's user: the kubelet gives the files to the pod's fsGroup
+    # (root:fsGroup); nobody else
+    mode = items[0].get("mode", secret.get("defaultMode", 0o644))
+    pod_sc = pod_spec(w)["securityContext"]
+    assert pod_sc["fsGroup"] == pod_sc["runAsGroup"] == c["securityContext"]["runAsGroup"] == SERVE_UID
+    assert mode & 0o040 and not mode & 0o007, oct(mode)
+    if target in ("base", "dev"):  # the placeholder, rendered with the key the volume projects
+        assert "token" in find(docs, "Secret", secret["secretName"])["data"]
+        assert name(find(docs, "Secret", secret["secretName"])) == ADMIN_SECRET  # no hash suffix
+    else:  # managed outside git: the pods name it, the overlay does not render it
+        assert not find_all(docs, "Secret")
 
 
 @pytest.mark.parametrize("target", ["base", "prod", "prod-cache"])

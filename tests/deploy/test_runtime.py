@@ -3,10 +3,12 @@ temporary directories and free ports, started as the real processes.
 
 * base: the ctr-sync sidecar fills the shared repository from a test HttpFS gateway, ctr-serve
   (``--no-demo``) becomes ready; every probe answers 200 on the port the manifest names; the
-  admin endpoints answer only on the admin port; the preStop command drains; SIGTERM stops both
-  within the grace period.
+  admin endpoints answer only on the admin port, disabled by the placeholder token and enabled
+  by a rotation of the mounted Secret, without a restart; the preStop command drains; SIGTERM
+  stops both within the grace period.
 * prod: the node syncer (the DaemonSet's args, ``--once``) writes the node repository, ctr-serve
-  reads it through a read-only mount and follows a new version.
+  reads it through a read-only mount and follows a new version; the admin token is the mounted
+  Secret's.
 * prod-cache: nginx with the cache tier's own nginx.conf in front of the test HttpFS gateway: a
   second node syncer gets the package files from the cache, checksums.md5, manifest.json and the
   listings always from HttpFS.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +90,10 @@ class Mapped:
         assert best is not None, f"{pod_path} is on no volume: a read-only root filesystem refuses writes"
         return self.mounts[best] / pod_path[len(best):].lstrip("/")
 
+    def token_env(self) -> dict[str, str]:
+        """The container's CTR_ADMIN_TOKEN_FILE, mapped onto the local copy of its volume."""
+        return {"CTR_ADMIN_TOKEN_FILE": str(self.path(self.env["CTR_ADMIN_TOKEN_FILE"]))}
+
     def port(self, name_or_number) -> int:
         return self.ports[container_port(self.c, name_or_number)]
 
@@ -102,8 +109,9 @@ class Mapped:
 
 def env_for(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment without CTR_* variables, plus ``extra``. The container's env
-    is not copied: CTR_ADMIN_TOKEN comes in ``extra``, and NUMBA_CACHE_DIR (an emptyDir in the
-    pod) stays this process's, where warm_kernels compiled the kernels."""
+    is not copied: CTR_ADMIN_TOKEN_FILE comes in ``extra`` (mapped, :meth:`Mapped.token_env`),
+    and NUMBA_CACHE_DIR (an emptyDir in the pod) stays this process's, where warm_kernels
+    compiled the kernels."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTR_")}
     env.update({"NUMBA_NUM_THREADS": "1", **extra})
     return env
@@ -172,6 +180,32 @@ def secret_token(docs) -> str:
     return base64.b64decode(find(docs, "Secret", "ctr-admin-token")["data"]["token"]).decode()
 
 
+def write_secret(workload, mapped: Mapped, data: dict[str, str]) -> None:
+    """The Secret volumes' files as the kubelet projects them, and updates them on a rotation:
+    the items in a new timestamped directory, the ``..data`` symlink swapped to it in one
+    rename, each item a symlink through ``..data`` (so a reader sees the old or the new value,
+    never half of one). ``data``: the Secret's values (prod's is not in git)."""
+    for m in mapped.c.get("volumeMounts", []):
+        vol = next(v for v in pod_spec(workload)["volumes"] if v["name"] == m["name"])
+        if "secret" not in vol:
+            continue
+        assert "subPath" not in m  # the kubelet never updates a subPath mount
+        root = mapped.mounts[m["mountPath"]]
+        old = os.readlink(root / "..data") if (root / "..data").is_symlink() else None
+        version = root / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
+        version.mkdir()
+        for item in vol["secret"].get("items") or [{"key": k, "path": k} for k in data]:
+            f = version / item["path"]
+            f.write_text(data[item["key"]])
+            f.chmod(item.get("mode", vol["secret"].get("defaultMode", 0o644)))
+            if not (root / item["path"]).is_symlink():
+                (root / item["path"]).symlink_to(Path("..data") / item["path"])
+        (root / "..data_tmp").symlink_to(version.name)
+        (root / "..data_tmp").rename(root / "..data")
+        if old:
+            shutil.rmtree(root / old)
+
+
 # -- base: sidecar + ctr-serve --------------------------------------------------------------------
 
 def test_base_pod_syncs_serves_answers_its_probes_and_drains(rendered, tmp_path, warm_kernels):
@@ -192,8 +226,9 @@ def test_base_pod_syncs_serves_answers_its_probes_and_drains(rendered, tmp_path,
         sync_args = replace_flag(sync_args, "--source", f"httpfs://{gateway.address}{source.path}")
         procs.append(start(sync_command(sync_args), tmp_path / "sync.log", env_for({})))
         token = secret_token(docs)  # the placeholder: empty, admin endpoints disabled
+        write_secret(deployment, serve, {"token": token})
         procs.append(start(serve_command(serve.args({"--port": "http", "--admin-port": "admin"})),
-                           tmp_path / "serve.log", env_for({"CTR_ADMIN_TOKEN": token})))
+                           tmp_path / "serve.log", env_for(serve.token_env())))
         logs = lambda: "\n".join(p.read_text(errors="replace")[-4000:]  # noqa: E731
                                  for p in (tmp_path / "sync.log", tmp_path / "serve.log") if p.exists())
 
@@ -226,6 +261,16 @@ def test_base_pod_syncs_serves_answers_its_probes_and_drains(rendered, tmp_path,
         assert r.status_code == 403 and "disabled" in r.json()["error"], r.text
         for path in ("/healthz", "/readyz", "/metrics"):
             assert status(admin + path) == 200, path
+        # the Secret gets a token (kubectl create secret ... | kubectl apply): the kubelet
+        # updates the volume, and every worker takes it at the next admin request, no restart
+        write_secret(deployment, serve, {"token": "rotated-admin-token"})
+
+        def reload(token: str) -> int:
+            return httpx.post(f"{admin}/v1/models/ctr/reload", timeout=30,
+                              headers={"Authorization": f"Bearer {token}"}).status_code
+
+        assert [reload("rotated-admin-token") for _ in range(6)] == [200] * 6  # both workers
+        assert reload("wrong") == 401
 
         # preStop, its paths mapped and without the wait: readiness off, liveness and scoring on
         hook = serve.c["lifecycle"]["preStop"]["exec"]["command"]
@@ -281,8 +326,9 @@ def test_prod_node_syncer_fills_the_repository_pods_read_only(rendered, tmp_path
         assert (repo / "ctr" / "v1").is_dir()
         prefix = read_only_mount_prefix(repo) or []  # EROFS for ctr-serve, when the kernel allows
         log = tmp_path / "serve.log"
+        write_secret(deployment, serve, {"token": "the-secret-managed-outside-git"})
         server = start(serve_command(serve.args({"--port": "http", "--admin-port": "admin"})), log,
-                       env_for({"CTR_ADMIN_TOKEN": "the-secret-managed-outside-git"}), prefix)
+                       env_for(serve.token_env()), prefix)
         http = f"http://127.0.0.1:{serve.port('http')}"
         ready = serve.c["readinessProbe"]["httpGet"]["path"]
         wait_until(on_every_worker(lambda: status(http + ready) == 200), "ready", probe_budget(serve.c),
@@ -303,6 +349,10 @@ def test_prod_node_syncer_fills_the_repository_pods_read_only(rendered, tmp_path
                    lambda: log.read_text(errors="replace")[-4000:])
         r = httpx.post(f"{http}/v1/score", json=SCORE, timeout=30)
         assert r.status_code == 200 and r.json()["version"] == "v2", r.text
+        # the admin port takes the token of the Secret managed outside git
+        r = httpx.post(f"http://127.0.0.1:{serve.port('admin')}/v1/models/ctr/reload", timeout=30,
+                       headers={"Authorization": "Bearer the-secret-managed-outside-git"})
+        assert r.status_code == 200, r.text
     finally:
         if server is not None:
             stop(server, pod_spec(deployment)["terminationGracePeriodSeconds"])
