@@ -60,7 +60,7 @@ def test_version_canary_promote_abort_reload_and_stickiness(tmp_path):
     args = ["--models-config", str(cfg_path), "--workers", "2"]
     assert 8 <= sum(in_canary(u) for u in USERS) <= 30
 
-    with Server(repo, tmp_path / "a.log", args=args) as server:
+    with Server(repo, tmp_path / "a.log", args=args, env={"CTR_HEALTH_SAMPLE_RATE": "1"}) as server:
         server.wait()
         first = {}
         for u in USERS:
@@ -83,6 +83,10 @@ def test_version_canary_promote_abort_reload_and_stickiness(tmp_path):
         assert pins == [{"pin": "ctr@next", "version": "v2", "serving": "v2", "error": None}]
         metrics = server.client.get("/metrics").text
         assert 'ctr_experiment_requests_total{arm="next",layer="canary"}' in metrics
+        # model health watches the canary version on its arm's own traffic
+        health = wait_until(lambda: (h := server.client.get("/v1/models/ctr/health?version=v2").json())
+                            ["windows"] and h, "health windows of the canary version", log=server.log)
+        assert health["version"] == "v2" and health["windows"][-1]["rows"] > 0, health
         assert 'ctr_arm_requests_total{arm="canary/next",model="ctr",status="200"}' in metrics
 
         # promote: everyone on v2
