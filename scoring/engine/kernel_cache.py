@@ -168,20 +168,20 @@ def build(out: str | os.PathLike, levels: Sequence[str] = tuple(LEVELS), *,
     ``demo_only``: only the demo MLP's kernels (for tests)."""
     root = Path(out)
     seconds = {}
-    features = host_features()
+    host = host_features()
     for level in levels:
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}; levels: {list(LEVELS)}")
-        if not runs(level, features):  # the build warms by running the kernels
+        if not runs(level, host):  # the build warms by running the kernels
             print(f"ctr-kernels: skipping {level}: this machine cannot run its code (build the "
                   "image on a CPU with AVX-512 and BF16 to ship every level)", file=sys.stderr)
             continue
         dest = root / level
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
-        cpu, features = LEVELS[level]
+        cpu, target = LEVELS[level]
         env = {**os.environ, "NUMBA_CACHE_DIR": str(dest), "NUMBA_CPU_NAME": cpu,
-               "NUMBA_CPU_FEATURES": features}
+               "NUMBA_CPU_FEATURES": target}
         env.pop(ENV, None)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "scoring.engine.kernel_cache", "_warm",

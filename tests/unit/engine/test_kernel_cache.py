@@ -49,3 +49,20 @@ def test_restart_keeps_the_cache_and_the_operator_wins(tmp_path):
     assert sel.level is None and "operator" in sel.reason and env == {"NUMBA_CPU_NAME": "znver4"}
     assert select(tmp_path / "nothing", {}, V3_HOST).level is None
     assert select(root, {}, {}).level is None  # a host LLVM cannot describe (or another arch)
+
+
+def test_build_compiles_each_level_the_machine_runs_with_its_target(tmp_path, monkeypatch):
+    import scoring.engine.kernel_cache as kc
+
+    calls = []
+    monkeypatch.setattr(kc.subprocess, "run", lambda argv, env, check: calls.append(env))
+    monkeypatch.setattr(kc, "host_features", lambda: BF16_HOST)
+    kc.build(tmp_path / "all")
+    assert [(e["NUMBA_CPU_NAME"], e["NUMBA_CPU_FEATURES"]) for e in calls] == list(LEVELS.values())
+    assert [e["NUMBA_CACHE_DIR"] for e in calls] == [str(tmp_path / "all" / lv) for lv in LEVELS]
+    assert all((tmp_path / "all" / lv / MARKER).read_text().strip() == lv for lv in LEVELS)
+    calls.clear()
+    monkeypatch.setattr(kc, "host_features", lambda: V3_HOST)
+    kc.build(tmp_path / "v3")  # the levels this machine cannot run are skipped, not built broken
+    assert [e["NUMBA_CPU_NAME"] for e in calls] == ["x86-64-v3"]
+    assert sorted(p.name for p in (tmp_path / "v3").iterdir()) == ["x86-64-v3"]
