@@ -4,6 +4,8 @@ config reloaded live (and a bad one refused), and the sample-ratio alarm on an a
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import yaml
 from xxhash import xxh64_intdigest
@@ -31,6 +33,22 @@ def config(dead_url: str, version: str = "1", canary_share: float = 30) -> dict:
     }
 
 
+def configmap_write(directory, text: str, stamp: str):
+    """Update a file the way the kubelet updates a ConfigMap volume: a new timestamped
+    directory, then the ``..data`` symlink swapped by one rename (the file itself is a symlink
+    through ``..data``)."""
+    new = directory / f"..{stamp}"
+    new.mkdir()
+    (new / "models.yaml").write_text(text)
+    tmp = directory / "..data_tmp"
+    tmp.symlink_to(new.name)
+    os.replace(tmp, directory / "..data")
+    link = directory / "models.yaml"
+    if not link.is_symlink():
+        link.symlink_to("..data/models.yaml")
+    return link
+
+
 def in_canary(user: str, share: float = 30) -> bool:  # the split's definition, written out again
     return xxh64_intdigest(f"canary-1{user}".encode(), seed=0) % 10_000 < share * 100
 
@@ -54,9 +72,10 @@ def versions_seen(url: str, rounds: int = 2) -> dict[str, set]:
 def test_version_canary_promote_abort_reload_and_stickiness(tmp_path):
     repo = tmp_path / "repo"
     install_model(repo, "v1", seed=1)
-    cfg_path = tmp_path / "models.yaml"
+    mount = tmp_path / "etc-ctr"  # as a ConfigMap volume holds models.yaml
+    mount.mkdir()
     dead = f"http://127.0.0.1:{free_port()}"
-    cfg_path.write_text(yaml.safe_dump(config(dead)))
+    cfg_path = configmap_write(mount, yaml.safe_dump(config(dead)), "1")
     args = ["--models-config", str(cfg_path), "--workers", "2"]
     assert 8 <= sum(in_canary(u) for u in USERS) <= 30
 
@@ -107,7 +126,7 @@ def test_version_canary_promote_abort_reload_and_stickiness(tmp_path):
                    "every user back on v2 after the abort", timeout=60, log=server.log)
 
         # the config reloads itself: version 2 puts everyone in the canary layer's arm
-        cfg_path.write_text(yaml.safe_dump(config(dead, version="2", canary_share=100)))
+        configmap_write(mount, yaml.safe_dump(config(dead, version="2", canary_share=100)), "2")
 
         def reloaded() -> bool:
             docs = [httpx.get(f"{server.url}/v1/experiments", timeout=10).json() for _ in range(6)]
@@ -117,7 +136,7 @@ def test_version_canary_promote_abort_reload_and_stickiness(tmp_path):
         # a bad file is refused: the version in force stays, the outcome is counted
         bad = config(dead, version="3")
         bad["layers"][0]["arms"][0]["share"] = 200
-        cfg_path.write_text(yaml.safe_dump(bad))
+        configmap_write(mount, yaml.safe_dump(bad), "3")
         wait_until(lambda: 'ctr_models_config_reloads_total{outcome="invalid"} 2.0'
                    in server.client.get("/metrics").text, "both workers refuse the bad file",
                    timeout=30, log=server.log)
@@ -125,7 +144,7 @@ def test_version_canary_promote_abort_reload_and_stickiness(tmp_path):
         assert "share: expected a percentage" in server.log()
 
     # restarts: the same users land in the same arms
-    cfg_path.write_text(yaml.safe_dump(config(dead)))
+    configmap_write(mount, yaml.safe_dump(config(dead)), "4")
     with Server(repo, tmp_path / "b.log", args=args) as server:
         server.wait()
         assert {u: score(server.url, u)["arms"]["canary"] for u in USERS} == first

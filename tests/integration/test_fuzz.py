@@ -263,7 +263,11 @@ def test_hostile_paths_queries_and_headers_on_every_endpoint(fuzz_server):
                b"POST /v1/models/ctr/promote?version=v9&version=v1&force=true",
                b"GET /ui/models/%ff%fe", b"GET /ui?x=\xff", b"GET /ui/models/" + b"a" * 5000,
                b"POST /v1/models/%ff/explain", b"POST /v1/models/ctr/explain?x=\xff",
-               b"GET /v1/models/ctr/explain", b"POST /v1/models/" + b"a" * 5000 + b"/explain"]
+               b"GET /v1/models/ctr/explain", b"POST /v1/models/" + b"a" * 5000 + b"/explain",
+               b"POST /v1/models/ctr/abort?version=%ff%fe", b"POST /v1/models/ctr/abort?version=..",
+               b"POST /v1/models/ctr/abort", b"POST /v1/models/ctr/abort?version=" + b"v" * 5000,
+               b"POST /v1/models/%ff/abort?version=v1", b"POST /v1/models/ctr/abort?version=nope",
+               b"GET /v1/experiments?x=%ff", b"POST /v1/experiments"]
     headers = [auth, b"Authorization: Bearer \xff\xfe\r\n", b"Authorization: \xff\r\n",
                b"Content-Type: \xff/\xfe\r\n" + auth, b"Content-Type: application/json; charset=\xff\r\n"]
     statuses = []
