@@ -21,10 +21,10 @@ from ..errors import ScoringError
 from ..lifecycle.loader import LiveModel
 from ..lifecycle.registry import Registry
 from .assign import DEFAULT, Assigner, Assignment
-from .layers import BUCKETS, Layer, LayeredExperiments
+from .layers import BUCKETS, NO_FALLBACK, Layer, LayeredExperiments
 from .metrics import LegMetrics
 from .pins import VersionPins
-from .scorer import Scored, native_scored
+from .scorer import NONE, Scored, native_scored
 from .srm import srm_test
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,9 @@ class AssignedScorer:
     """Scores one request with the model its arms chose; echoes and counts the arms."""
 
     def __init__(self, state: _Experiments, a: Assignment, live: LiveModel,
-                 deadline_ms: int | None) -> None:
+                 deadline_ms: int | None, fallback: Any = None) -> None:
         self.state, self.a, self.live, self.deadline_ms = state, a, live, deadline_ms
+        self.fallback = fallback  # None: the model's own; scorer.NONE or a getter
 
     def score(self, context: Mapping[str, Any] | None, ads: Sequence[Any]) -> Any:
         return self.live.scorer.score(context, ads)
@@ -105,8 +106,9 @@ class AssignedScorer:
         try:
             inner = getattr(live.scorer, "score_async", None)
             if inner is not None:
-                if self.deadline_ms is not None:
-                    result = await inner(context, ads, deadline_ms=self.deadline_ms)
+                if self.deadline_ms is not None or self.fallback is not None:
+                    result = await inner(context, ads, deadline_ms=self.deadline_ms,
+                                         fallback=self.fallback)
                 else:
                     result = await inner(context, ads)
             else:
@@ -165,15 +167,23 @@ class LayeredRoute:
         if live is None:
             live = self.registry.get(ref.name)
         deadline = a.params.get("deadline_ms")
-        key = (id(live), tuple(a.arms.items()), tuple(a.owners.items()), deadline)
+        fallback_name = a.params.get("fallback")
+        key = (id(live), tuple(a.arms.items()), tuple(a.owners.items()), deadline, fallback_name)
         cached = self._wrapped.get(key)
         if cached is not None and cached.scorer.live is live and cached.scorer.state is st:
             return cached  # the same arms, model and deadline: the same wrapper
         if len(self._wrapped) > 4096:
             self._wrapped.clear()
-        wrapped = dataclasses.replace(live, scorer=AssignedScorer(st, a, live, deadline))
+        fallback = None
+        if fallback_name is not None and getattr(live.scorer, "score_async", None) is not None:
+            fallback = NONE if fallback_name == NO_FALLBACK else self._native(fallback_name)
+        wrapped = dataclasses.replace(live, scorer=AssignedScorer(st, a, live, deadline, fallback))
         self._wrapped[key] = wrapped
         return wrapped
+
+    def _native(self, name: str) -> Any:
+        registry = self.registry
+        return lambda: registry.get(name).scorer  # NotReady (503) while it loads
 
     def describe(self) -> dict[str, Any]:
         """``GET /v1/experiments``: the layers, their arms and bucket ranges, this process's

@@ -4,8 +4,9 @@ The design of Google's overlapping experiments (Tang et al., KDD 2010), as the s
 experiment platform" runs it:
 
 * A **parameter** is what an arm changes for a request: ``model`` (a model of the file, or a
-  pinned version of a native one: ``ctr@20261122.1``, ``ctr@next``) or ``deadline_ms`` (the TF
-  Serving deadline). Every parameter has a default (``model``: the file's ``default``).
+  pinned version of a native one: ``ctr@20261122.1``, ``ctr@next``), ``deadline_ms`` (the TF
+  Serving deadline) or ``fallback`` (the native model that answers when TF Serving fails, or
+  ``none``: fail instead). Every parameter has a default (``model``: the file's ``default``).
 * A **layer** owns some parameters (no other layer may set them) and splits traffic by its own
   ``unit`` and ``salt``: bucket = ``xxh64(salt + unit) % 10000``; its arms own consecutive bucket
   ranges in the order listed. Layers overlap: a request is in one arm (or none) of every layer,
@@ -30,7 +31,8 @@ from typing import Any, Mapping, Sequence
 from .reader import ConfigError, _Reader
 
 BUCKETS = 10_000
-PARAMS = ("model", "deadline_ms")
+PARAMS = ("model", "deadline_ms", "fallback")
+NO_FALLBACK = "none"
 UNIT_RE = re.compile(r"^(request_id|context\.[A-Za-z0-9_.-]+)$")
 NEXT = "next"
 
@@ -212,6 +214,12 @@ def _values(r: _Reader, names: Sequence[str], native: set[str]) -> dict[str, Any
         out["model"] = model_ref(r.get("model", str), f"{r.where}model", r.source, names, native)
     if r.has("deadline_ms"):
         out["deadline_ms"] = r.integer("deadline_ms", 1, 60_000)
+    if r.has("fallback"):
+        fallback = r.get("fallback", str)
+        if fallback != NO_FALLBACK and fallback not in native:
+            raise ConfigError(f"{r.source}: {r.where}fallback {fallback!r}: expected a native model "
+                              f"of this file or {NO_FALLBACK!r}; native models: {sorted(native)}")
+        out["fallback"] = fallback
     return out
 
 

@@ -28,6 +28,10 @@ FallbackGetter = Callable[[], Any]  # returns the live native engine (has .score
 FallbackHook = Callable[[str, str, str], None]  # (model, fallback model, reason)
 
 
+class NONE:
+    """A request's fallback: none (an experiment arm that must see TF Serving's failures)."""
+
+
 @dataclass
 class Scored:
     """Scores of one request and who computed them."""
@@ -133,14 +137,16 @@ class TFServingScorer:
         return self._scored(scores)
 
     async def score_async(self, context: Mapping[str, Any] | None, ads: Sequence[Any],
-                          deadline_ms: int | None = None) -> Scored:
+                          deadline_ms: int | None = None,
+                          fallback: FallbackGetter | type[NONE] | None = None) -> Scored:
         """For an event loop: waits on the client's loop without blocking the caller's.
-        ``deadline_ms``: this request's deadline (an experiment arm's), else the model's."""
+        ``deadline_ms``: this request's deadline (an experiment arm's), else the model's;
+        ``fallback``: this request's fallback (None: the model's; ``NONE``: none)."""
         tensors = self._tensors(context, ads)
         try:
             scores = await self.client.predict_on_caller_loop(tensors, deadline_ms)
         except UpstreamError as exc:
-            return self._fall_back(exc, context, ads)
+            return self._fall_back(exc, context, ads, fallback)
         return self._scored(scores)
 
     def _scored(self, values: np.ndarray) -> Scored:
@@ -151,11 +157,12 @@ class TFServingScorer:
         return Scored(outputs[self.config.inputs.primary], self.name, self.version, outputs=outputs)
 
     def _fall_back(self, exc: UpstreamError, context: Mapping[str, Any] | None,
-                   ads: Sequence[Any]) -> Scored:
-        if self.fallback is None:
+                   ads: Sequence[Any], override: Any = None) -> Scored:
+        getter = self.fallback if override is None else override
+        if getter is None or getter is NONE:
             raise exc
         try:
-            engine = self._fallback_engine()
+            engine = getter()
         except ScoringError as unavailable:
             raise type(exc)(f"{exc.message}; fallback unavailable: {unavailable.message}") from None
         reason = "timeout" if isinstance(exc, UpstreamTimeout) else "error"

@@ -150,23 +150,48 @@ def test_version_canary_promote_abort_reload_and_stickiness(tmp_path):
         assert {u: score(server.url, u)["arms"]["canary"] for u in USERS} == first
 
 
-def test_sample_ratio_alarm_when_an_arm_fails(tmp_path):
+def bucket(salt: str, key: str) -> int:
+    return xxh64_intdigest(f"{salt}{key}".encode(), seed=0) % 10_000
+
+
+def test_fallback_parameter_and_the_sample_ratio_alarm_when_an_arm_fails(tmp_path):
+    """Layer "leg" sends 20 % of requests to a TF Serving model that is down and has no
+    fallback of its own; layer "rescue" gives half of all requests the fallback ``ctr``. A
+    request in both is answered by the fallback, one in "leg" only fails; "leg" loses requests
+    of its arm and "rescue" of its default arm: both sample-ratio checks go into alarm."""
     repo = tmp_path / "repo"
     install_model(repo, "v1", seed=1)
     cfg = config(f"http://127.0.0.1:{free_port()}")
     cfg["layers"] = [{"name": "leg", "unit": "request_id", "salt": "s",
-                      "arms": [{"name": "tfs", "share": 20, "set": {"model": "down"}}]}]
+                      "arms": [{"name": "tfs", "share": 20, "set": {"model": "down"}}]},
+                     {"name": "rescue", "unit": "request_id", "salt": "r",
+                      "arms": [{"name": "fb", "share": 50, "set": {"fallback": "ctr"}}]}]
     (tmp_path / "models.yaml").write_text(yaml.safe_dump(cfg))
     with Server(repo, tmp_path / "s.log", args=["--models-config", str(tmp_path / "models.yaml")]) as server:
         server.wait()
         body = {"context": {"user_id": "u", "city": "bj"}, "ads": [{"features": {"ad_id": "a"}}]}
-        statuses = []
-        for i in range(1300):  # the arm's TF Serving is down and has no fallback: its requests fail
-            r = server.client.post("/v1/score", json={**body, "request_id": f"q{i}"})
-            statuses.append(r.status_code)
-        assert 150 < statuses.count(502) + statuses.count(504) < 370, set(statuses)
+        failed = 0
+        for i in range(1300):
+            rid = f"q{i}"
+            in_tfs, in_fb = bucket("s", rid) < 2000, bucket("r", rid) < 5000
+            r = server.client.post("/v1/score", json={**body, "request_id": rid})
+            if in_tfs and not in_fb:  # TF Serving is down and this request has no fallback
+                assert r.status_code in (502, 504), r.text
+                failed += 1
+                continue
+            doc = r.json()
+            assert r.status_code == 200 and doc["model"] == "ctr", doc
+            assert doc["arms"] == {"leg": "tfs" if in_tfs else "default",
+                                   "rescue": "fb" if in_fb else "default"}, doc
+            assert (doc.get("fallback_for") == "down") == in_tfs, doc
+        assert 80 < failed < 180, failed
         doc = server.client.get("/v1/experiments").json()
-        srm = doc["layers"][0]["srm"]
-        assert srm["alarm"] is True and srm["p_value"] < 1e-10 and srm["observed"]["tfs"] == 0, srm
-        assert 'ctr_experiment_srm_alarms_total{layer="leg"} 1.0' in server.client.get("/metrics").text
+        srm = {layer["name"]: layer["srm"] for layer in doc["layers"]}
+        assert srm["leg"]["alarm"] is True and srm["leg"]["p_value"] < 1e-10, srm
+        # the failed requests were all in "rescue"'s default arm: that layer is skewed too
+        assert srm["rescue"]["alarm"] is True and \
+            srm["rescue"]["observed"]["default"] < srm["rescue"]["observed"]["fb"], srm
+        metrics = server.client.get("/metrics").text
+        assert 'ctr_experiment_srm_alarms_total{layer="leg"} 1.0' in metrics
+        assert 'ctr_arm_fallbacks_total{arm="rescue/fb"}' in metrics
         assert "sample ratio mismatch" in server.log()

@@ -149,6 +149,7 @@ def test_request_id_and_context_field_units():
     ({"layers": [], "experiments": {"arms": [{"model": "deep", "share": 5}]}},
      "not both"),
     ({"launch": {"deadline_ms": 0}}, "launch.deadline_ms: expected an integer 1..60000"),
+    ({"launch": {"fallback": "deep"}}, "launch.fallback 'deep': expected a native model of this file or 'none'"),
 ])
 def test_bad_layer_configs_name_the_field(extra, message):
     with pytest.raises(ConfigError) as err:
