@@ -76,10 +76,10 @@ def host_features() -> Mapping[str, bool]:
 
 
 def select(shipped: str | os.PathLike, environ: MutableMapping[str, str] = os.environ,
-           features: Mapping[str, bool] | None = None) -> Selection:
+           features: Mapping[str, bool] | None = None, *, dry_run: bool = False) -> Selection:
     """Pick the best shipped level this host runs, copy it into ``NUMBA_CACHE_DIR`` and set
     ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` in ``environ`` (before Numba is imported: worker
-    processes inherit them)."""
+    processes inherit them). ``dry_run``: only say which level would be used."""
     if environ.get("NUMBA_CPU_NAME") or environ.get("NUMBA_CPU_FEATURES"):
         return Selection(None, "NUMBA_CPU_* set by the operator: the shipped kernels are not used")
     root = Path(shipped)
@@ -92,7 +92,13 @@ def select(shipped: str | os.PathLike, environ: MutableMapping[str, str] = os.en
         return Selection(None, f"this CPU runs none of the shipped levels {available}: the "
                          "kernels compile for it")
     cache = Path(environ.get("NUMBA_CACHE_DIR") or Path(tempfile.gettempdir()) / "numba-cache")
-    copied = _copy(root / level, cache, level)
+    if dry_run:
+        return Selection(level, f"shipped kernels for {level} (this CPU runs it)")
+    try:
+        copied = _copy(root / level, cache)
+    except OSError as exc:  # no usable cache directory: compile for the host, as without them
+        return Selection(None, f"cannot copy the shipped kernels into {cache} "
+                         f"({exc.strerror or exc}): the kernels compile for this CPU")
     environ["NUMBA_CACHE_DIR"] = str(cache)
     environ["NUMBA_CPU_NAME"], environ["NUMBA_CPU_FEATURES"] = LEVELS[level]
     if environ is os.environ and "numba.core.config" in sys.modules:
@@ -114,7 +120,7 @@ def _retarget() -> None:
     codegen.apply()
 
 
-def _copy(src: Path, dest: Path, level: str) -> int:
+def _copy(src: Path, dest: Path) -> int:
     """Copy the shipped files the cache lacks (a restart finds them there already)."""
     n = 0
     for path in src.rglob("*"):
@@ -124,9 +130,14 @@ def _copy(src: Path, dest: Path, level: str) -> int:
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target)  # whole files only: another process may be reading the cache
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src_file:
+                shutil.copyfileobj(src_file, out)
+            os.replace(tmp, target)  # whole files only: another process may be reading the cache
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         n += 1
     return n
 
@@ -220,8 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.dir:
         print(f"ctr-kernels: give DIR or set {ENV}", file=sys.stderr)
         return 2
-    env = dict(os.environ)
-    sel = select(args.dir, env, None)
+    sel = select(args.dir, dict(os.environ), None, dry_run=True)
     print(json.dumps({"level": sel.level, "reason": sel.reason,
                       "host_runs": [lv for lv in LEVELS if runs(lv, host_features())]}))
     return 0

@@ -116,6 +116,8 @@ class Registry:
         self.canary: frozenset[str] = frozenset()
         # called on the worker after every poll (at its idle priority): e.g. pinned versions
         self.pollers: list[Callable[[], None]] = []
+        self.on_abort: list[Callable[[str, str], None]] = []   # (model, version) aborted here
+        self.on_reload: list[Callable[[str], None]] = []       # an operator's reload of a model
 
     # -- the request path --------------------------------------------------------------------
 
@@ -315,12 +317,16 @@ class Registry:
             self.repo.reject(name, version, "aborted by an operator (POST .../abort)",
                              self.repo.fingerprint(name, version), content=True)
             current = self._live.get(name)
+            for hook in self.on_abort:
+                hook(name, version)
             log.warning("model %r: version %r aborted by an operator", name, version)
             return SyncResult(name, current.version if current else None,
                               reason=f"version {version!r} aborted; it serves nowhere")
 
     def _reload(self, name: str) -> SyncResult:
         self._failed.pop(name, None)
+        for hook in self.on_reload:
+            hook(name)
         for key in [k for k in self._settling if k[0] == name]:
             del self._settling[key]
         cleared = self.repo.clear_rejections(name)
@@ -437,7 +443,7 @@ class Registry:
         if model is None:
             return SyncResult(name, live_before, failed=(version, failure))
         decision = self._judge(name, version, model, current)
-        overflow = self._overflowed(model) if decision is None else None
+        overflow = self.overflowed(model) if decision is None else None
         if overflow is not None and self.repo.state(name).live != version:
             self._retired.append((time.monotonic(), model))
             log.error("model %r: version %r failed to load, keeping %r: %s", name, version,
@@ -478,7 +484,7 @@ class Registry:
             return None
 
     @staticmethod
-    def _overflowed(model: LiveModel) -> str | None:
+    def overflowed(model: LiveModel) -> str | None:
         """Why a version the guarded swap did not judge must not serve: its net overflowed on
         the warm-up requests (the check the load itself made before there was a gate)."""
         if getattr(model.scorer, "warm_nonfinite", False):
@@ -515,7 +521,7 @@ class Registry:
             else:
                 decision = self._judge(name, version, model, current)
                 problem = decision.reason if decision is not None and not decision.passed else (
-                    self._overflowed(model) if decision is None else None)
+                    self.overflowed(model) if decision is None else None)
                 if problem is not None:
                     if model is not current:
                         self._retired.append((time.monotonic(), model))

@@ -21,16 +21,23 @@ class ReadyBoard:
         self._marked = False
 
     def poller(self, ready: Callable[[], bool]) -> Callable[[], None]:
-        """For the registry's pollers: mark this process once ``ready()`` holds."""
+        """For the registry's pollers: mark this process once ``ready()`` holds (and again if
+        the mark went missing)."""
         def poll() -> None:
-            if not self._marked and ready():
-                (self.dir / str(os.getpid())).touch()
+            mark = self.dir / str(os.getpid())
+            if (not self._marked or not mark.exists()) and ready():
+                self.dir.mkdir(parents=True, exist_ok=True)
+                mark.touch()
                 self._marked = True
         return poll
 
     def ready_workers(self) -> int:
         n = 0
-        for mark in self.dir.iterdir():
+        try:
+            marks = list(self.dir.iterdir())
+        except OSError:  # the directory went away: the workers mark themselves again next poll
+            return 0
+        for mark in marks:
             if not mark.name.isdigit():
                 continue
             try:

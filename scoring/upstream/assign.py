@@ -19,7 +19,8 @@ class Assignment:
     params: dict[str, Any]       # parameter -> value (model: a ModelRef)
     arms: dict[str, str]         # layer -> the arm the request entered ("default": none)
     owners: dict[str, str]       # layer -> the arm owning the request's bucket (conditions aside;
-                                 # the sample-ratio check counts these)
+                                 # the sample-ratio check counts these); only the layers whose
+                                 # unit the request has
 
 
 class _Split:
@@ -34,11 +35,10 @@ class _Split:
                 self.owner[b] = arm
             start += arm.buckets
 
-    def owner_of(self, request_id: Any, context: Mapping[str, Any] | None) -> LayerArm | None:
+    def bucket_of(self, request_id: Any, context: Mapping[str, Any] | None) -> int | None:
+        """The request's bucket in this layer; None without the layer's unit."""
         key = unit_value(self.layer.unit, request_id, context)
-        if key is None:
-            return None
-        return self.owner[bucket_of(key, self.layer.salt)]
+        return None if key is None else bucket_of(key, self.layer.salt)
 
 
 def _enters(arm: LayerArm, context: Mapping[str, Any] | None) -> bool:
@@ -66,12 +66,14 @@ class Assigner:
     def assign(self, request_id: Any, context: Mapping[str, Any] | None) -> Assignment:
         params = dict(self.base)
         arms: dict[str, str] = {}
-        owners: dict[str, str] = {}
+        owners: dict[str, str] = {}  # only where the request has the unit: the split is of those
         if self.exclusive is not None:
-            arm = self.exclusive.owner_of(request_id, context)
+            b = self.exclusive.bucket_of(request_id, context)
+            arm = self.exclusive.owner[b] if b is not None else None
+            name = self.exclusive.layer.name
+            if b is not None:
+                owners[name] = arm.name if arm is not None else DEFAULT
             if arm is not None:  # in the exclusive domain: no layer sees this unit
-                name = self.exclusive.layer.name
-                owners[name] = arm.name
                 if _enters(arm, context):
                     params.update(arm.set)
                     arms[name] = arm.name
@@ -79,9 +81,11 @@ class Assigner:
                     arms[name] = DEFAULT
                 return Assignment(params, arms, owners)
         for split in self.splits:
-            arm = split.owner_of(request_id, context)
+            b = split.bucket_of(request_id, context)
+            arm = split.owner[b] if b is not None else None
             name = split.layer.name
-            owners[name] = arm.name if arm is not None else DEFAULT
+            if b is not None:
+                owners[name] = arm.name if arm is not None else DEFAULT
             if arm is not None and _enters(arm, context):
                 params.update(arm.set)
                 arms[name] = arm.name

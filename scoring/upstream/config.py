@@ -184,6 +184,8 @@ def load_models_config(path: str | os.PathLike | None,
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"CTR_MODELS_CONFIG: cannot read {p} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         raw = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

@@ -52,12 +52,9 @@ class _Experiments:
     def count(self, a: Assignment) -> None:
         for layer, arm in a.arms.items():
             self.metrics.assignments.labels(layer, arm).inc()
-        for layer, arm in a.owners.items():
+        for layer, arm in a.owners.items():  # the layers whose unit the request has
             c = self.counts[layer]
             c[arm] = c.get(arm, 0) + 1
-        if self.config.exclusive is not None and self.config.exclusive.name not in a.owners:
-            c = self.counts[self.config.exclusive.name]  # outside the exclusive domain
-            c[DEFAULT] = c.get(DEFAULT, 0) + 1
         self.answered += 1
         if self.answered % SRM_EVERY == 0:
             self.check()
@@ -168,12 +165,14 @@ class LayeredRoute:
             live = self.registry.get(ref.name)
         deadline = a.params.get("deadline_ms")
         fallback_name = a.params.get("fallback")
-        key = (id(live), tuple(a.arms.items()), tuple(a.owners.items()), deadline, fallback_name)
+        # one wrapper per assignment, rebuilt when its model swaps: the entry then holds the new
+        # model only, so a replaced version is not kept alive here
+        key = (ref, tuple(a.arms.items()), tuple(a.owners.items()), deadline, fallback_name)
         cached = self._wrapped.get(key)
         if cached is not None and cached.scorer.live is live and cached.scorer.state is st:
-            return cached  # the same arms, model and deadline: the same wrapper
-        if len(self._wrapped) > 4096:
-            self._wrapped.clear()
+            return cached  # the same arms, model and parameters: the same wrapper
+        if len(self._wrapped) > 4096:  # many units without a condition's field, many layers
+            self._wrapped = {}
         fallback = None
         if fallback_name is not None and getattr(live.scorer, "score_async", None) is not None:
             fallback = NONE if fallback_name == NO_FALLBACK else self._native(fallback_name)

@@ -131,6 +131,12 @@ def parse_layers(r: _Reader, default: str | None, names: Sequence[str],
         layer = _layer(_Reader(raw, f"layers[{i}].", r.source), names, native, None)
         if any(layer.name == x.name for x in layers) or (exclusive and layer.name == exclusive.name):
             raise ConfigError(f"{r.source}: layers[{i}].name {layer.name!r} is repeated")
+        twin = next((x for x in (*([exclusive] if exclusive else []), *layers)
+                     if (x.unit, x.salt) == (layer.unit, layer.salt)), None)
+        if twin is not None:
+            raise ConfigError(f"{r.source}: layers[{i}].salt {layer.salt!r}: layer {twin.name!r} has "
+                              f"the same unit and salt, so their splits would be the same; give "
+                              "each layer its own salt")
         for p in layer.params:
             if p in owner:
                 raise ConfigError(f"{r.source}: layers[{i}]: parameter {p!r} is already owned by "
@@ -153,8 +159,9 @@ def _legacy(r: _Reader, names: Sequence[str]) -> Layer:
                               f"models: {list(names)}")
         buckets = _share(ar)
         arm_name = ar.name("name") or model
-        if any(arm_name == x.name for x in arms):
-            raise ConfigError(f"{r.source}: {ar.where}name {arm_name!r} is repeated")
+        if arm_name == "default" or any(arm_name == x.name for x in arms):
+            raise ConfigError(f"{r.source}: {ar.where}name {arm_name!r} is repeated or reserved "
+                              "('default' names the arm-less share)")
         arms.append(LayerArm(arm_name, buckets, {"model": ModelRef(model)}))
         total += buckets
     _check_total(r, total)
@@ -255,7 +262,7 @@ def _when(r: _Reader) -> dict[str, tuple]:
 
 def _share(ar: _Reader) -> int:
     share = ar.get("share", (int, float), required=True)
-    buckets = round(share * 100)
+    buckets = round(share * 100) if 0 < share <= 100 else 0  # (NaN and infinities fail here)
     if not 0 < share <= 100 or abs(buckets - share * 100) > 1e-6:
         raise ConfigError(f"{ar.source}: {ar.where}share: expected a percentage > 0 and <= 100 "
                           f"with at most two decimals (N.NN), got {share!r}")

@@ -27,17 +27,34 @@ class VersionPins:
         self._pins: frozenset[ModelRef] = frozenset()
         self._loaded: dict[ModelRef, LiveModel] = {}
         self._resolved: dict[ModelRef, str | None] = {}
-        self._failed: dict[tuple[str, str], str] = {}
+        # (model, version) -> (files' fingerprint, why): not tried again until the files change
+        # or an operator's reload of the model clears it
+        self._failed: dict[tuple[str, str], tuple[str, str]] = {}
         self._guard = threading.Lock()
         self.set(pins)
         registry.pollers.append(self.refresh)
+        registry.on_abort.append(self.forget)
+        registry.on_reload.append(self.clear_failures)
 
     def set(self, pins: Iterable[ModelRef]) -> None:
-        """The pins of the models config now in force (a reload may change them)."""
-        self._pins = frozenset(pins)
-        self.registry.canary = frozenset(p.name for p in self._pins if p.version == NEXT)
-        for gone in set(self._loaded) - self._pins:
-            self._loaded.pop(gone, None)
+        """The pins of the models config now in force (a reload may change them). Waits for a
+        load under way (the config watcher's thread, never a request's)."""
+        with self._guard:
+            self._pins = frozenset(pins)
+            self.registry.canary = frozenset(p.name for p in self._pins if p.version == NEXT)
+            self._loaded = {r: m for r, m in self._loaded.items() if r in self._pins}
+
+    def forget(self, name: str, version: str) -> None:
+        """An aborted version leaves its arm at once in this process (a request thread: no
+        lock, one dictionary replaced); the other workers drop it at their next poll."""
+        self._resolved = {r: (None if r.name == name and v == version else v)
+                          for r, v in self._resolved.items()}
+        self._loaded = {r: m for r, m in self._loaded.items()
+                        if not (r.name == name and m.version == version)}
+
+    def clear_failures(self, name: str) -> None:
+        for key in [k for k in self._failed if k[0] == name]:
+            self._failed.pop(key, None)
 
     def get(self, ref: ModelRef) -> LiveModel | None:
         """The loaded pinned version (or the live one when the pin is the live version); None
@@ -77,37 +94,45 @@ class VersionPins:
                     if current is not None:
                         log.info("pin %s: now %s; the pinned copy is released", ref,
                                  "the live version" if version else "nothing to pin")
-                    self._loaded.pop(ref, None)
+                        self._loaded = {r: m for r, m in self._loaded.items() if r != ref}
                     continue
                 if current is not None and current.version == version:
                     continue
-                if self._failed.get((ref.name, version)):
-                    continue
+                failed = self._failed.get((ref.name, version))
+                if failed is not None and failed[0] == self.registry.repo.fingerprint(ref.name, version):
+                    continue  # the same files failed before
                 shared = next((m for r, m in self._loaded.items()
                                if r.name == ref.name and m.version == version), None)
                 if shared is None:
                     shared = self._load(ref, version)
-                if shared is not None:
-                    self._loaded[ref] = shared
+                if shared is not None and ref in self._pins:
+                    self._loaded = {**self._loaded, ref: shared}
+                elif current is not None:  # the pin moved on and its new version failed
+                    self._loaded = {r: m for r, m in self._loaded.items() if r != ref}
 
     def _load(self, ref: ModelRef, version: str) -> LiveModel | None:
         reg = self.registry
         log.info("pin %s: loading version %r for its experiment arm", ref, version)
+        fingerprint = reg.repo.fingerprint(ref.name, version)
         try:
-            return reg.loader(ref.name, version, str(reg.repo.path(ref.name, version)))
+            model = reg.loader(ref.name, version, str(reg.repo.path(ref.name, version)))
+            reason = reg.overflowed(model)  # the check the registry makes before a version serves
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            self._failed[(ref.name, version)] = reason
-            log.error("pin %s: version %r failed to load; its arm serves the live version: %s",
-                      ref, version, reason)
-            return None
+            model, reason = None, f"{type(exc).__name__}: {exc}"
+        if reason is None:
+            return model
+        self._failed[(ref.name, version)] = (fingerprint, reason)
+        log.error("pin %s: version %r failed to load; its arm serves the live version: %s",
+                  ref, version, reason)
+        return None
 
     def describe(self) -> list[dict[str, Any]]:
         out = []
         for ref in sorted(self._pins, key=str):
             loaded = self.get(ref)
             version = self._resolved.get(ref)
+            failed = self._failed.get((ref.name, version)) if version else None
             out.append({"pin": str(ref), "version": version,
                         "serving": loaded.version if loaded is not None else None,
-                        "error": self._failed.get((ref.name, version)) if version else None})
+                        "error": failed[1] if failed else None})
         return out

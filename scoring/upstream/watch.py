@@ -52,10 +52,10 @@ class ConfigWatcher:
     def _apply(self) -> str:
         try:
             new = load_models_config(self.path)
-        except ConfigError as exc:
-            self.last_error = str(exc)
+        except Exception as exc:  # ConfigError names the field; anything else is invalid too
+            self.last_error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
             log.error("models config %s changed but is invalid; the experiments in force stay: %s",
-                      self.path, exc)
+                      self.path, self.last_error)
             return "invalid"
         old = self.config
         if new.models != old.models or (new.layered is None) != (old.layered is None) or \

@@ -66,3 +66,15 @@ def test_build_compiles_each_level_the_machine_runs_with_its_target(tmp_path, mo
     kc.build(tmp_path / "v3")  # the levels this machine cannot run are skipped, not built broken
     assert [e["NUMBA_CPU_NAME"] for e in calls] == ["x86-64-v3"]
     assert sorted(p.name for p in (tmp_path / "v3").iterdir()) == ["x86-64-v3"]
+
+
+def test_an_unusable_cache_directory_means_compiling_not_crashing(tmp_path):
+    root = shipped(tmp_path, "x86-64-v3")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    env = {"NUMBA_CACHE_DIR": str(blocker / "cache")}
+    sel = select(root, env, V3_HOST)
+    assert sel.level is None and "cannot copy" in sel.reason
+    assert "NUMBA_CPU_NAME" not in env and "NUMBA_CPU_FEATURES" not in env
+    dry = select(root, {}, V3_HOST, dry_run=True)  # ctr-kernels show: says, copies nothing
+    assert dry.level == "x86-64-v3" and dry.copied == 0

@@ -3,6 +3,7 @@ keys, scipy as the oracle), exclusivity, shares, precedence, conditions, the SRM
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -24,12 +25,12 @@ def config(**extra):
     return parse_models_config({"models": MODELS, "default": "ctr", **extra}).layered
 
 
-def two_layers(salt_b: str = "b") -> dict:
+def two_layers() -> dict:
     return {"layers": [
         {"name": "ranking", "salt": "a", "arms": [
             {"name": "r1", "share": 20, "set": {"model": "ctr2"}},
             {"name": "r2", "share": 30, "set": {"model": "deep"}}]},
-        {"name": "budget", "salt": salt_b, "arms": [
+        {"name": "budget", "salt": "b", "arms": [
             {"name": "d40", "share": 25, "set": {"deadline_ms": 40}},
             {"name": "d80", "share": 25, "set": {"deadline_ms": 80}}]}]}
 
@@ -50,8 +51,11 @@ def test_layers_are_independent_chi_square_over_100k_keys():
     observed = np.array([[table[(x, y)] for y in budget] for x in ranking])
     p = stats.chi2_contingency(observed).pvalue
     assert p > 1e-3, (p, observed)
-    # the same test sees dependence when two layers share a salt: it can fail
-    rows = assignments(config(**two_layers(salt_b="a")), n=20_000)
+    # the same test sees dependence when two layers share a salt (which the config refuses;
+    # built by hand here): it can fail
+    cfg = config(**two_layers())
+    twin = dataclasses.replace(cfg, layers=(cfg.layers[0], dataclasses.replace(cfg.layers[1], salt="a")))
+    rows = assignments(twin, n=20_000)
     table = Counter((r.arms["ranking"], r.arms["budget"]) for r in rows)
     observed = np.array([[table[(x, y)] for y in budget] for x in ranking])
     assert stats.chi2_contingency(observed).pvalue < 1e-10
@@ -175,3 +179,43 @@ def test_srm_alarm_on_a_skewed_arm_only():
     expected = obs.sum() * np.array([0.9, 0.1])
     assert bad.alarm and bad.p_value == pytest.approx(stats.chisquare(obs, expected).pvalue, rel=1e-6)
     assert not srm_test({"default": 90, "canary": 0}, shares).alarm  # too few to tell
+
+
+def test_requests_without_the_unit_are_left_out_of_the_split_check():
+    from prometheus_client import CollectorRegistry
+
+    from scoring.upstream.experiments import _Experiments
+    from scoring.upstream.metrics import LegMetrics
+
+    cfg = config(exclusive={"salt": "x", "arms": [{"name": "e", "share": 10, "set": {"model": "ctr2"}}]},
+                 layers=[{"name": "all", "salt": "a", "arms": [  # every bucket has an arm
+                     {"name": "h1", "share": 50, "set": {"model": "ctr2"}},
+                     {"name": "h2", "share": 50, "set": {"model": "deep"}}]}])
+    a = Assigner(cfg)
+    assert a.assign("r", {}).owners == {}  # no user_id: in no arm, not counted
+    st = _Experiments(cfg, LegMetrics(CollectorRegistry(), (0.1,)), "test")
+    for i in range(6000):
+        st.count(a.assign(None, {"user_id": f"u{i}"} if i % 10 else {}))  # 10 % without the unit
+    checks = st.check()
+    assert not checks["all"].alarm and not checks["exclusive"].alarm, checks
+    assert checks["all"].requests + checks["exclusive"].observed["e"] == 5400
+
+
+@pytest.mark.parametrize("share", [float("inf"), float("nan"), -float("inf")])
+def test_non_finite_shares_are_config_errors(share):
+    with pytest.raises(ConfigError, match="share: expected a percentage"):
+        config(layers=[{"name": "l", "arms": [{"name": "a", "share": share, "set": {"model": "ctr2"}}]}])
+
+
+def test_twin_layers_and_a_legacy_default_arm_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="same unit and salt"):
+        config(layers=[{"name": "l1", "salt": "s", "arms": [{"name": "a", "share": 5, "set": {"model": "ctr2"}}]},
+                       {"name": "l2", "salt": "s", "arms": [{"name": "b", "share": 5, "set": {"deadline_ms": 9}}]}])
+    with pytest.raises(ConfigError, match="reserved"):
+        config(experiments={"arms": [{"name": "default", "model": "deep", "share": 5}]})
+    from scoring.upstream.config import load_models_config
+
+    bad = tmp_path / "models.yaml"
+    bad.write_bytes(b"models:\n  - name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_models_config(bad)
