@@ -610,6 +610,10 @@ class Registry:
                     f"{v}: {state.rejected[v].reason}" for v in rejected[-3:])
             waiting = [v for v in versions if v not in rejected]
             return f"loading version {waiting[-1]!r}" if waiting else "loading"
+        waiting = self.canary_version(name) if name in self.canary else None
+        if waiting is not None and waiting != live:
+            return (f"version {waiting!r} waits for promotion: the canary ({name}@next) serves it "
+                    f"to its arm (POST .../promote?version={waiting} or .../abort?version={waiting})")
         if newer and state.last_rollback and state.last_rollback.get("to") == live:
             return (f"rolled back to {live!r} at {_iso(state.last_rollback.get('at', 0.0))}; versions "
                     f"seen before the rollback ({', '.join(newer)}) stay off until a new one appears "

@@ -82,6 +82,7 @@ def test_a_pin_whose_net_overflows_does_not_serve_and_an_abort_drops_it_at_once(
     install(repo, "v3", 3)
     registry.sync_all()
     assert registry.live("ctr").version == "v1"  # the canary holds new versions back
+    assert "'v3' waits for promotion" in registry.reload("ctr").reason
     pins.refresh()
     assert pins.get(nxt).version == "v3"
     registry.abort("ctr", "v3")
