@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from scoring.lifecycle.loader import LiveModel
 from scoring.lifecycle.registry import Registry
 from scoring.lifecycle.repo import ModelRepo
@@ -43,31 +45,26 @@ def setup(tmp_path):
     return repo, registry, loads, broken, overflow
 
 
-def test_a_failed_pin_is_tried_again_when_its_files_change_or_on_reload(tmp_path):
+PIN = ModelRef("ctr", "v2")
+
+
+@pytest.mark.parametrize("how", ["reload", "files change"])
+def test_a_failed_pin_is_tried_again_on_reload_or_when_its_files_change(tmp_path, how):
     repo, registry, loads, broken, _ = setup(tmp_path)
-    pins = VersionPins(registry, [ModelRef("ctr", "v2")])
+    pins = VersionPins(registry, [PIN])
     install(repo, "v2", 2)
-    broken.add("v2")
+    broken.add("v2")  # e.g. still being copied
     pins.refresh()
     pins.refresh()  # the same files: not loaded again
-    assert loads.count("v2") == 1 and pins.get(ModelRef("ctr", "v2")) is None
+    assert loads.count("v2") == 1 and pins.get(PIN) is None
     assert "half copied" in pins.describe()[0]["error"]
     broken.clear()
-    registry.reload("ctr")  # POST /v1/models/ctr/reload
-    pins.refresh()  # an operator's reload clears the failure
-    assert loads.count("v2") == 2 and pins.get(ModelRef("ctr", "v2")).version == "v2"
-
-
-def test_the_files_changing_retry_a_failed_pin(tmp_path):
-    repo, registry, loads, broken, _ = setup(tmp_path)
-    pins = VersionPins(registry, [ModelRef("ctr", "v2")])
-    install(repo, "v2", 2)
-    broken.add("v2")
+    if how == "reload":
+        registry.reload("ctr")  # POST /v1/models/ctr/reload clears the failure
+    else:
+        (repo.path("ctr", "v2") / "extra.txt").write_text("the copy went on")  # new fingerprint
     pins.refresh()
-    broken.clear()
-    (repo.path("ctr", "v2") / "extra.txt").write_text("the copy went on")  # the fingerprint moves
-    pins.refresh()
-    assert loads.count("v2") == 2 and pins.get(ModelRef("ctr", "v2")).version == "v2"
+    assert loads.count("v2") == 2 and pins.get(PIN).version == "v2"
 
 
 def test_a_pin_whose_net_overflows_does_not_serve_and_an_abort_drops_it_at_once(tmp_path):
