@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .layers import BUCKETS, LayeredExperiments, parse_layers
+from .layers import LayeredExperiments, parse_layers
 from .reader import ConfigError, _Reader
 
 KINDS = ("native", "tfserving")
@@ -117,32 +117,9 @@ class TFServingModel:
 
 
 @dataclass(frozen=True)
-class Arm:
-    """One experiment arm: ``buckets`` of the 10,000 (share 5.25 % -> 525 buckets)."""
-
-    name: str
-    model: str
-    buckets: int
-
-    @property
-    def share(self) -> float:
-        return self.buckets * 100.0 / BUCKETS
-
-
-@dataclass(frozen=True)
-class Experiments:
-    """One traffic layer over ``POST /v1/score``; more layers (other salts) can be added later."""
-
-    key: str = "context.user_id"
-    salt: str = ""
-    arms: tuple[Arm, ...] = ()
-
-
-@dataclass(frozen=True)
 class ModelsConfig:
     models: tuple[NativeModel | TFServingModel, ...]
     default: str | None = None
-    experiments: Experiments | None = None
     source: str = "(repository)"
     layered: LayeredExperiments | None = None  # every experiment layer (``experiments`` too)
 
@@ -222,8 +199,7 @@ def parse_models_config(raw: Any, source: str = "models config") -> ModelsConfig
         raise ConfigError(f"{source}: default {default!r} is not a model of this file; "
                           f"models: {names}")
     layered = parse_layers(r, default, names, native)
-    return ModelsConfig(models=tuple(models), default=default, experiments=_single_layer(layered),
-                        source=source, layered=layered)
+    return ModelsConfig(models=tuple(models), default=default, source=source, layered=layered)
 
 
 def _model(r: _Reader) -> NativeModel | TFServingModel:
@@ -309,15 +285,6 @@ def _breaker(r: _Reader) -> Breaker:
     r.only("failures", "cooldown_ms")
     return Breaker(failures=r.integer("failures", 1, 1_000_000, default=5),
                    cooldown_ms=r.integer("cooldown_ms", 1, 3_600_000, default=2000))
-
-
-def _single_layer(layered: LayeredExperiments | None) -> Experiments | None:
-    """The ``experiments`` block as one layer over the model (parsed by :mod:`.layers`)."""
-    if layered is None or not layered.legacy:
-        return None
-    layer = layered.layers[0]
-    return Experiments(key=layer.unit, salt=layer.salt,
-                       arms=tuple(Arm(a.name, a.set["model"].name, a.buckets) for a in layer.arms))
 
 
 def _url(u: Any, where: str, source: str) -> str:

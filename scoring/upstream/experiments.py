@@ -21,7 +21,7 @@ from ..errors import ScoringError
 from ..lifecycle.loader import LiveModel
 from ..lifecycle.registry import Registry
 from .assign import DEFAULT, Assigner, Assignment
-from .layers import BUCKETS, NO_FALLBACK, Layer, LayeredExperiments
+from .layers import BUCKETS, NO_FALLBACK, Layer, LayeredExperiments, params_json
 from .metrics import LegMetrics
 from .pins import VersionPins
 from .scorer import NONE, Scored, native_scored
@@ -40,8 +40,7 @@ class _Experiments:
         self.loaded_at = time.time()
         layers = [*([config.exclusive] if config.exclusive else []), *config.layers]
         self.layers: dict[str, Layer] = {layer.name: layer for layer in layers}
-        self.shares = {name: _shares(layer, config.exclusive if layer is not config.exclusive else None)
-                       for name, layer in self.layers.items()}
+        self.shares = {name: _shares(layer) for name, layer in self.layers.items()}
         self.counts: dict[str, dict[str, int]] = {name: {} for name in self.layers}
         self.alarm: dict[str, bool] = {name: False for name in self.layers}
         self.answered = 0
@@ -74,9 +73,9 @@ class _Experiments:
         return out
 
 
-def _shares(layer: Layer, exclusive: Layer | None) -> dict[str, float]:
-    """Configured fraction of a layer's counted requests per bucket-owning arm. A layer below an
-    exclusive domain sees only the units outside it, so its shares are of that rest."""
+def _shares(layer: Layer) -> dict[str, float]:
+    """Configured fraction of a layer's counted requests per bucket-owning arm (a layer below an
+    exclusive domain counts only the units outside it, and its shares are of that rest)."""
     shares = {a.name: a.buckets / BUCKETS for a in layer.arms}
     shares[DEFAULT] = (BUCKETS - layer.used) / BUCKETS
     return shares
@@ -196,14 +195,13 @@ class LayeredRoute:
             for arm in layer.arms:
                 arms.append({"name": arm.name, "share": arm.share,
                              "buckets": [start, start + arm.buckets],
-                             "set": {k: str(v) if k == "model" else v for k, v in arm.set.items()},
+                             "set": params_json(arm.set),
                              "when": {f"context.{k}": list(v) for k, v in arm.when.items()}})
                 start += arm.buckets
             layers.append({"name": name, "exclusive": layer is c.exclusive, "unit": layer.unit,
                            "salt": layer.salt, "params": list(layer.params), "arms": arms,
                            "srm": srm[name].describe()})
         return {"version": c.version, "source": st.source, "loaded_at": st.loaded_at,
-                "defaults": {k: str(v) for k, v in c.defaults.items()},
-                "launch": {k: str(v) if k == "model" else v for k, v in c.launch.items()},
+                "defaults": params_json(c.defaults), "launch": params_json(c.launch),
                 "layers": layers, "pins": self.pins.describe(),
                 "counts_are": "this worker process's answered requests since the config loaded"}

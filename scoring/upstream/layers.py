@@ -85,19 +85,24 @@ class LayeredExperiments:
     version: str | None = None        # the config's own version label, when it has one
     legacy: bool = False              # from ``experiments:``: responses say "arm" as before
 
-    def pins(self) -> set[ModelRef]:
-        """Every pinned model version any arm or the launch layer names."""
+    def _model_values(self) -> list[ModelRef]:
         values = [self.launch.get("model"), self.defaults.get("model")]
         for layer in (*self.layers, *([self.exclusive] if self.exclusive else [])):
             values += [a.set.get("model") for a in layer.arms]
-        return {v for v in values if isinstance(v, ModelRef) and v.version is not None}
+        return [v for v in values if isinstance(v, ModelRef)]
+
+    def pins(self) -> set[ModelRef]:
+        """Every pinned model version any arm or the launch layer names."""
+        return {v for v in self._model_values() if v.version is not None}
 
     def models(self) -> set[str]:
         """The models any arm, the launch layer or the default may route to."""
-        values = [self.launch.get("model"), self.defaults.get("model")]
-        for layer in (*self.layers, *([self.exclusive] if self.exclusive else [])):
-            values += [a.set.get("model") for a in layer.arms]
-        return {v.name for v in values if isinstance(v, ModelRef)}
+        return {v.name for v in self._model_values()}
+
+
+def params_json(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameter values as JSON (a model reference as its text, ``ctr@next``)."""
+    return {k: str(v) if isinstance(v, ModelRef) else v for k, v in values.items()}
 
 
 def parse_layers(r: _Reader, default: str | None, names: Sequence[str],

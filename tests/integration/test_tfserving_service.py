@@ -13,8 +13,8 @@ import yaml
 
 from scoring.model.package import load_package
 from scoring.model.reference import reference_scores
+from scoring.upstream.assign import Assigner
 from scoring.upstream.config import parse_models_config
-from scoring.upstream.routing import Router
 
 from ..fakes.tfserving import FakeTFServing
 from ..models import random_request
@@ -112,14 +112,14 @@ def test_model_status_shows_the_upstreams(stack):
 
 def test_default_endpoint_follows_the_experiment_split(stack):
     server, fake, package, config = stack
-    router = Router("ctr", parse_models_config(config).experiments)
+    split = Assigner(parse_models_config(config).layered)
     arms = Counter()
     for i in range(150):
         user = f"user-{i}"
         ctx, ads = request_of(package, 3, seed=100 + i, user=user)
         body = server.client.post("/v1/score", json={"context": ctx, "ads": ads}).json()
-        route = router.route(None, ctx)
-        assert (body["arm"], body["model"]) == (route.arm, route.model), body
+        a = split.assign(None, ctx)
+        assert (body["arm"], body["model"]) == (a.arms["experiments"], str(a.params["model"])), body
         np.testing.assert_allclose(body["scores"], reference_scores(package, ctx, ads), atol=TOL, rtol=0)
         arms[body["arm"]] += 1
         if i % 10 == 0:  # sticky: the same user again, another request id

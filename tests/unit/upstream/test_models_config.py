@@ -27,7 +27,7 @@ def config(**over):
 def test_no_file_serves_every_repo_model_natively():
     cfg = load_models_config(None, ["a", "b"])
     assert cfg.models == (NativeModel("a"), NativeModel("b"))
-    assert cfg.default is None and cfg.experiments is None
+    assert cfg.default is None and cfg.layered is None
 
 
 def test_yaml_and_json_files_agree(tmp_path):
@@ -75,9 +75,10 @@ experiments:
     assert tf.inputs.length_tensor("ad_id") is None and tf.inputs.pad_id == -1
     assert (tf.deadline_ms, tf.max_concurrency, tf.sub_batch_size, tf.format) == (30, 8, 25, "columnar")
     assert (tf.breaker.failures, tf.breaker.cooldown_ms) == (3, 500)
-    arm = cfg.experiments.arms[0]
-    assert (arm.name, arm.model, arm.buckets, arm.share) == ("deep-5", "deep", 525, 5.25)
-    assert cfg.experiments.key == "request_id" and cfg.experiments.salt == "layer1"
+    (layer,) = cfg.layered.layers
+    arm = layer.arms[0]
+    assert (arm.name, str(arm.set["model"]), arm.buckets, arm.share) == ("deep-5", "deep", 525, 5.25)
+    assert layer.unit == "request_id" and layer.salt == "layer1" and cfg.layered.legacy
     assert cfg.experimental() == {"deep"}
 
 
